@@ -1,0 +1,78 @@
+"""Model checkpoints shared by the converter and training: an Orbax `CheckpointManager` directory.
+
+Every step directory holds the item `model` (parameters and BatchNorm statistics, as a nested dict) and
+the item `spec` (JSON: registry name, num_classes, overrides, whether the model is fused), which is
+enough to rebuild the network without any other configuration, e.g. to load a distillation teacher.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from ghostnet_jax.models import create_model, fuse
+from ghostnet_jax.models.ghostnet import GhostNet
+
+MODEL_ITEM, SPEC_ITEM = "model", "spec"
+
+
+def model_spec(name: str, *, num_classes: int, overrides: dict[str, Any], fused: bool) -> dict[str, Any]:
+    """The JSON description from which `build_model` rebuilds a network."""
+    return {"name": name, "num_classes": num_classes, "overrides": dict(overrides), "fused": fused}
+
+
+def build_model(spec: dict[str, Any]) -> GhostNet:
+    """A freshly initialised network of the architecture `spec` describes, in eval mode."""
+    model = create_model(spec["name"], num_classes=spec["num_classes"], **spec["overrides"])
+    model = fuse(model) if spec["fused"] else model
+    model.eval()
+    return model
+
+
+def model_variables(model: nnx.Module) -> dict:
+    """Parameters and BatchNorm statistics as a plain nested dict (what the `model` item stores)."""
+    return nnx.state(model, (nnx.Param, nnx.BatchStat)).to_pure_dict()
+
+
+def save_model(directory: str | Path, model: nnx.Module, spec: dict[str, Any], *, step: int = 0) -> Path:
+    """Writes `model` and its `spec` as step `step` of a new checkpoint directory (refuses to overwrite)."""
+    directory = Path(directory).absolute()
+    if directory.exists() and any(directory.iterdir()):
+        raise FileExistsError(f"{directory} already exists and is not empty; choose a new output directory")
+    with ocp.CheckpointManager(directory) as manager:
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{MODEL_ITEM: ocp.args.StandardSave(model_variables(model)), SPEC_ITEM: ocp.args.JsonSave(spec)}
+            ),
+        )
+        manager.wait_until_finished()
+    return directory
+
+
+def load_model(directory: str | Path, *, step: int | None = None) -> tuple[GhostNet, dict[str, Any]]:
+    """Restores the network saved in `directory` (latest step by default), in eval mode, with its spec."""
+    directory = Path(directory).absolute()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no checkpoint directory at {directory}")
+    with ocp.CheckpointManager(directory) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None or step not in manager.all_steps():
+            raise FileNotFoundError(f"{directory} holds no complete checkpoint{'' if step is None else f' at step {step}'}")
+        spec = manager.restore(step, args=ocp.args.Composite(**{SPEC_ITEM: ocp.args.JsonRestore()}))[SPEC_ITEM]
+        model = build_model(spec)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, model_variables(model))
+        try:
+            restored = manager.restore(
+                step, args=ocp.args.Composite(**{MODEL_ITEM: ocp.args.StandardRestore(abstract)})
+            )[MODEL_ITEM]
+        except Exception as error:  # Orbax raises several types for a tree or shape mismatch
+            raise ValueError(f"checkpoint {directory} step {step} does not match its spec {spec}: {error}") from error
+    state = nnx.state(model, (nnx.Param, nnx.BatchStat))
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(model, state)
+    return model, spec

@@ -1,0 +1,228 @@
+"""Reference PyTorch weights (timm or the official repository) -> ghostnet_jax models and Orbax checkpoints.
+
+Accepts timm naming and the official naming (V3 `bn` instead of `bn1` in the branches, thop's
+`total_ops`/`total_params` leftovers, `state_dict`/`state_dict_ema` wrappers, DataParallel `module.`
+prefixes), and V3 in its multi-branch training form or its fused deploy form (detected from the keys).
+
+    python -m ghostnet_jax.convert --model ghostnetv3_100 --torch-checkpoint ghostnetv3-1.0.pth.tar --output DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ghostnet_jax.checkpoint import model_spec, save_model
+from ghostnet_jax.models import allowed_overrides, create_model, fuse
+from ghostnet_jax.models.ghostnet import GhostNet
+
+# ghostnet_jax site name -> prefix of the reference's re-parameterised branch names.
+_REP_SITES = {"primary_conv": "primary", "cheap_operation": "cheap", "conv_dw": "dw"}
+
+
+def _conv_bn_index(match: re.Match) -> str:
+    """`<list>.i.conv.` / `<list>.i.bn.` -> the reference's flat Sequential index 2i / 2i+1."""
+    return f"{match[1]}.{2 * int(match[2]) + (match[3] == 'bn')}."
+
+
+# Applied in order to a dotted ghostnet_jax state path to get the reference key.
+_PATH_RULES: list[tuple[str, str | Callable[[re.Match], str]]] = [
+    (r"^stem\.conv\.", "conv_stem."),
+    (r"^stem\.bn\.", "bn1."),
+    (r"^final_conv\.conv\.", "blocks.9.0.conv."),
+    (r"^final_conv\.bn\.", "blocks.9.0.bn1."),
+    *[
+        rule
+        for site, prefix in _REP_SITES.items()
+        for rule in (
+            (rf"{site}\.branches\.(\d+)\.conv\.", rf"{prefix}_rpr_conv.\1.conv."),
+            (rf"{site}\.branches\.(\d+)\.bn\.", rf"{prefix}_rpr_conv.\1.bn1."),
+            (rf"{site}\.scale_branch\.conv\.", f"{prefix}_rpr_scale.conv."),
+            (rf"{site}\.scale_branch\.bn\.", f"{prefix}_rpr_scale.bn1."),
+            (rf"{site}\.identity_branch\.", f"{prefix}_rpr_skip."),
+        )
+    ],
+    (r"conv_dw\.conv\.", "conv_dw."),
+    (r"conv_dw\.bn\.", "bn_dw."),
+    (r"(primary_conv|cheap_operation)\.conv\.", r"\1.0."),
+    (r"(primary_conv|cheap_operation)\.bn\.", r"\1.1."),
+    (r"(primary_conv|cheap_operation)\.(kernel|bias)$", r"\1.0.\2"),
+    (r"\.dfc\.convs\.", ".short_conv."),
+    (r"(short_conv|shortcut)\.(\d+)\.(conv|bn)\.", _conv_bn_index),
+    (r"\.(kernel|scale)$", ".weight"),
+    (r"\.mean$", ".running_mean"),
+    (r"\.var$", ".running_var"),
+]
+_DROPPED_SUFFIXES = ("num_batches_tracked", "total_ops", "total_params")
+
+
+def torch_key(path: tuple) -> str:
+    """The reference state-dict key of the ghostnet_jax variable at `path` (as `nnx.iter_graph` yields it)."""
+    key = ".".join(str(p) for p in path)
+    for pattern, replacement in _PATH_RULES:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def _unwrap(checkpoint: Mapping[str, Any], use_ema: bool) -> Mapping[str, Any]:
+    """The parameter mapping inside a training checkpoint (EMA weights first when `use_ema`)."""
+    wrappers = ("state_dict_ema", "model_ema", "state_dict", "model") if use_ema else ("state_dict", "model")
+    for wrapper in wrappers:
+        inner = checkpoint.get(wrapper)
+        if isinstance(inner, Mapping):
+            return inner
+    return checkpoint
+
+
+def normalise_state_dict(checkpoint: Mapping[str, Any], *, use_ema: bool = True) -> dict[str, np.ndarray]:
+    """Reference checkpoint (any accepted naming) -> {timm key: float32 numpy array}."""
+    arrays = {}
+    for key, value in _unwrap(checkpoint, use_ema).items():
+        key = key.removeprefix("module.")
+        if key.endswith(_DROPPED_SUFFIXES):
+            continue
+        key = re.sub(r"(_rpr_(?:conv\.\d+|scale))\.bn\.", r"\1.bn1.", key)  # official V3 naming
+        if hasattr(value, "detach"):  # a torch tensor, without importing torch
+            value = value.detach().cpu().numpy()
+        arrays[key] = np.asarray(value, dtype=np.float32)
+    return arrays
+
+
+def _to_jax_layout(array: np.ndarray, target_ndim: int) -> np.ndarray:
+    """OIHW conv kernels -> HWIO; (out, in) linear weights -> (in, out); vectors unchanged."""
+    if array.ndim == 4 and target_ndim == 4:
+        return array.transpose(2, 3, 1, 0)
+    if array.ndim == 2 and target_ndim == 2:
+        return array.T
+    return array
+
+
+def _is_deploy_form(arrays: Mapping[str, np.ndarray]) -> bool:
+    has_branches = any("_rpr_" in k for k in arrays)
+    has_fused = any(re.search(r"(primary_conv|cheap_operation)\.0\.bias$", k) for k in arrays)
+    if has_branches and has_fused:
+        raise ValueError("checkpoint mixes V3 training-form (`*_rpr_*`) and deploy-form keys")
+    return has_fused
+
+
+def _format_keys(title: str, keys: list[str], limit: int = 20) -> str:
+    shown = ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+    return f"{title} ({len(keys)}): {shown}"
+
+
+def from_torch(
+    name: str, state_dict: Mapping[str, Any], *, use_ema: bool = True, num_classes: int | None = None, **overrides: Any
+) -> GhostNet:
+    """Builds `name` and loads reference PyTorch weights into it; returns the model in eval mode.
+
+    `state_dict` maps parameter names to numpy arrays or torch tensors (timm or official naming, optionally
+    wrapped as a training checkpoint; `use_ema` picks `state_dict_ema` when present). `num_classes` defaults
+    to the checkpoint's. DFC upsampling defaults to 'nearest' (PyTorch's rule, what the weights were trained
+    with). V3 weights in deploy form give a fused model. Unknown, missing or mis-shaped keys raise ValueError
+    listing them.
+    """
+    return convert_state_dict(name, state_dict, use_ema=use_ema, num_classes=num_classes, **overrides)[0]
+
+
+def convert_state_dict(
+    name: str, state_dict: Mapping[str, Any], *, use_ema: bool = True, num_classes: int | None = None, **overrides: Any
+) -> tuple[GhostNet, dict[str, Any]]:
+    """`from_torch`, also returning the model's checkpoint spec (see `ghostnet_jax.checkpoint`)."""
+    arrays = normalise_state_dict(state_dict, use_ema=use_ema)
+    if num_classes is None:
+        num_classes = arrays["classifier.weight"].shape[0] if "classifier.weight" in arrays else 0
+    if "dfc_upsample" in allowed_overrides(name):
+        overrides.setdefault("dfc_upsample", "nearest")
+    model = create_model(name, num_classes=num_classes, **overrides)
+    deploy = _is_deploy_form(arrays)
+    if deploy:
+        if model.version < 3:
+            raise ValueError(f"{name} has no deploy form; the checkpoint has fused V3 keys")
+        model = fuse(model)
+    variables = [
+        (torch_key(path), var)
+        for path, var in nnx.iter_graph(model)
+        if isinstance(var, (nnx.Param, nnx.BatchStat))
+    ]
+    expected = {key for key, _ in variables}
+    missing = sorted(expected - arrays.keys())
+    unexpected = sorted(arrays.keys() - expected)
+    mismatched = []
+    converted = {}
+    for key, var in variables:
+        if key in arrays:
+            value = _to_jax_layout(arrays[key], var.value.ndim)
+            if value.shape != var.value.shape:
+                mismatched.append(f"{key} {tuple(arrays[key].shape)} (expected {tuple(var.value.shape)})")
+            converted[key] = value
+    if missing or unexpected or mismatched:
+        problems = [
+            _format_keys(title, keys)
+            for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched))
+            if keys
+        ]
+        described = f"{name} with {overrides}" if overrides else name
+        raise ValueError(f"checkpoint does not match {described}:\n  " + "\n  ".join(problems))
+    for key, var in variables:
+        var.value = jnp.asarray(converted[key])
+    model.eval()
+    return model, model_spec(name, num_classes=num_classes, overrides=overrides, fused=deploy)
+
+
+def load_checkpoint_file(path: str | Path) -> Mapping[str, Any]:
+    """Reads a reference checkpoint: `.safetensors`, `.npz`, or a PyTorch pickle (`.pth`, `.pth.tar`, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        return load_file(path)
+    if path.suffix == ".npz":
+        with np.load(path) as npz:
+            return dict(npz)
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(f"reading {path} needs PyTorch: pip install torch (or convert it to .safetensors)") from error
+    # weights_only refuses arbitrary pickled objects; timm's training checkpoints also carry their argparse args.
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"override {text!r} is not KEY=VALUE")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ghostnet_jax.convert", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="registry name, e.g. ghostnetv3_100")
+    parser.add_argument("--torch-checkpoint", required=True, help=".pth/.pth.tar/.safetensors/.npz file")
+    parser.add_argument("--output", required=True, help="new directory for the Orbax checkpoint")
+    parser.add_argument("--override", action="append", type=_parse_override, default=[], help="KEY=VALUE model override")
+    parser.add_argument("--no-ema", action="store_true", help="use `state_dict` even if `state_dict_ema` exists")
+    args = parser.parse_args(argv)
+    output = Path(args.output)
+    if output.exists() and any(output.iterdir()):
+        parser.error(f"--output {output} already exists and is not empty")
+    checkpoint = load_checkpoint_file(args.torch_checkpoint)
+    model, spec = convert_state_dict(args.model, checkpoint, use_ema=not args.no_ema, **dict(args.override))
+    save_model(output, model, spec)
+    print(f"wrote {spec} to {output.absolute()}")
+
+
+if __name__ == "__main__":
+    main()

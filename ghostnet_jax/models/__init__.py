@@ -1,0 +1,16 @@
+"""The GhostNet model zoo: `create_model`, `list_models`, `fuse` (V3 deploy form) and the building blocks."""
+
+from ghostnet_jax.models.ghostnet import GhostBottleneck, GhostModule, GhostNet
+from ghostnet_jax.models.registry import allowed_overrides, create_model, list_models
+from ghostnet_jax.models.reparam import RepConv, fuse
+
+__all__ = [
+    "GhostBottleneck",
+    "GhostModule",
+    "GhostNet",
+    "RepConv",
+    "allowed_overrides",
+    "create_model",
+    "fuse",
+    "list_models",
+]

@@ -1,0 +1,256 @@
+"""Building blocks shared by every GhostNet version: conv, BatchNorm, squeeze-excite, DFC attention.
+
+Layout is NHWC for activations and HWIO for conv kernels. Padding, initialisation and BatchNorm follow
+PyTorch so that converted reference weights give the same numbers and training from scratch starts from
+the same distribution as the reference code.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+DFC_UPSAMPLE_MODES = ("bilinear", "nearest")
+
+
+def make_divisible(value: float, divisor: int = 4) -> int:
+    """Rounds `value` to the nearest multiple of `divisor`, never more than 10% down (timm/official rule).
+
+    `value` must be a Python float (float64): the reference computes e.g. 16 * 1.3 in double precision.
+    """
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def torch_uniform_init(fan_in: int) -> nnx.Initializer:
+    """PyTorch's default conv/linear init for weights and biases alike: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class Conv2d(nnx.Module):
+    """2-D convolution with PyTorch's symmetric padding (k-1)//2 per side, never TF 'SAME'.
+
+    `groups` as in PyTorch: `groups == in_features == out_features` is a depthwise conv.
+    The kernel is HWIO: (kh, kw, in_features // groups, out_features).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | Sequence[int],
+        *,
+        stride: int = 1,
+        groups: int = 1,
+        use_bias: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        if in_features % groups or out_features % groups:
+            raise ValueError(f"channels {in_features}->{out_features} not divisible by groups={groups}")
+        kh, kw = _pair(kernel_size)
+        self.in_features, self.out_features = in_features, out_features
+        self.kernel_size, self.stride, self.groups = (kh, kw), stride, groups
+        self.padding = (((kh - 1) // 2,) * 2, ((kw - 1) // 2,) * 2)
+        init = torch_uniform_init(in_features // groups * kh * kw)
+        self.kernel = nnx.Param(init(rngs.params(), (kh, kw, in_features // groups, out_features)))
+        self.bias = nnx.Param(init(rngs.params(), (out_features,))) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jax.lax.conv_general_dilated(
+            x,
+            self.kernel.value,
+            window_strides=(self.stride, self.stride),
+            padding=self.padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=self.groups,
+        )
+        if self.bias is not None:
+            y = y + self.bias.value
+        return y
+
+
+class BatchNorm(nnx.Module):
+    """BatchNorm over all but the channel axis, with PyTorch's running-statistics semantics.
+
+    Differences from `nnx.BatchNorm`, both for parity with the reference: the running variance is updated
+    with the unbiased batch variance (n / (n - 1)), as PyTorch does, and `momentum` is the weight of the old
+    running value (Flax convention; 0.9 here is PyTorch's momentum=0.1). With `axis_name` set (inside
+    `jax.pmap`), the batch statistics are averaged over that axis, i.e. computed over the global batch.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        momentum: float = 0.9,
+        epsilon: float = 1e-5,
+        axis_name: str | None = None,
+        use_running_average: bool = False,
+    ):
+        self.num_features = num_features
+        self.momentum, self.epsilon = momentum, epsilon
+        self.axis_name = axis_name
+        self.use_running_average = use_running_average
+        self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+        self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.use_running_average:
+            mean, var = self.mean.value, self.var.value
+        else:
+            mean, var = self._batch_statistics(x)
+        inv = self.scale.value * jax.lax.rsqrt(var + self.epsilon)
+        return (x - mean) * inv + self.bias.value
+
+    def _batch_statistics(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        axes = tuple(range(x.ndim - 1))
+        x32 = x.astype(jnp.float32)
+        mean, mean_sq = x32.mean(axes), jnp.square(x32).mean(axes)
+        count = math.prod(x.shape[:-1])
+        if self.axis_name is not None:
+            mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
+            count = count * jax.lax.psum(1, self.axis_name)
+        var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+        unbiased = var * (count / jnp.maximum(count - 1, 1))
+        m = self.momentum
+        self.mean.value = m * self.mean.value + (1 - m) * mean
+        self.var.value = m * self.var.value + (1 - m) * unbiased
+        return mean.astype(x.dtype), var.astype(x.dtype)
+
+    def fold(self) -> tuple[jax.Array, jax.Array]:
+        """(scale, shift) with BN(x) == x * scale + shift in eval mode: the fusion maths' t and b'."""
+        t = self.scale.value * jax.lax.rsqrt(self.var.value + self.epsilon)
+        return t, self.bias.value - self.mean.value * t
+
+
+class ConvBN(nnx.Module):
+    """Conv (no bias) followed by BatchNorm, the unit every GhostNet layer is made of."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | Sequence[int],
+        *,
+        stride: int = 1,
+        groups: int = 1,
+        rngs: nnx.Rngs,
+    ):
+        self.conv = Conv2d(in_features, out_features, kernel_size, stride=stride, groups=groups, rngs=rngs)
+        self.bn = BatchNorm(out_features)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.bn(self.conv(x))
+
+    def folded_kernel_bias(self) -> tuple[jax.Array, jax.Array]:
+        """Kernel and bias of the single conv equal to this conv + BN in eval mode."""
+        t, shift = self.bn.fold()
+        return self.conv.kernel.value * t, shift
+
+
+class SqueezeExcite(nnx.Module):
+    """Channel gate: global mean -> 1x1 conv -> ReLU -> 1x1 conv -> hard-sigmoid (relu6(x+3)/6)."""
+
+    def __init__(self, channels: int, reduced: int, *, rngs: nnx.Rngs):
+        self.conv_reduce = Conv2d(channels, reduced, 1, use_bias=True, rngs=rngs)
+        self.conv_expand = Conv2d(reduced, channels, 1, use_bias=True, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        s = x.mean(axis=(1, 2), keepdims=True)
+        s = self.conv_expand(jax.nn.relu(self.conv_reduce(s)))
+        return x * jax.nn.hard_sigmoid(s)
+
+
+def avg_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 average pool with stride 2 and no padding; an odd trailing row/column is dropped (floor)."""
+    n, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+    """Source index of each output index under PyTorch's legacy 'nearest': floor(i * in / out).
+
+    Not the half-pixel rule of `jax.image.resize`: for 3 -> 7 this gives [0,0,0,1,1,2,2], not [0,0,1,1,1,2,2].
+    Integer arithmetic equals PyTorch's float32 product here: for the DFC sizes (in = floor(out / 2))
+    i * in / out is never an integer except at i = 0 or when out == 2 * in, where PyTorch shifts exactly.
+    """
+    return np.arange(out_size) * in_size // out_size
+
+
+def bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower index, upper index, upper weight) per output index for half-pixel linear interpolation.
+
+    The rule of PyTorch's `interpolate(mode='bilinear', align_corners=False)`: source = (i + 0.5) * in / out
+    - 0.5, clamped at 0; at the last row the upper index repeats the lower one.
+    """
+    source = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
+    lower = np.floor(source).astype(np.int32)
+    upper = np.minimum(lower + 1, in_size - 1)
+    return lower, upper, (source - lower).astype(np.float32)
+
+
+def _resize_axis(x: jax.Array, axis: int, out_size: int, method: str) -> jax.Array:
+    in_size = x.shape[axis]
+    if method == "nearest":
+        return jnp.take(x, nearest_indices(in_size, out_size), axis=axis)
+    lower, upper, weight = bilinear_taps(in_size, out_size)
+    weight = weight.reshape((-1,) + (1,) * (x.ndim - 1 - axis))
+    low, high = jnp.take(x, lower, axis=axis), jnp.take(x, upper, axis=axis)
+    return low + (high - low) * weight
+
+
+def upsample(x: jax.Array, size: tuple[int, int], method: str) -> jax.Array:
+    """Resizes NHWC `x` to spatial `size` by 'nearest' (PyTorch's floor rule) or 'bilinear' (half-pixel).
+
+    Written as gathers and a lerp rather than `jax.image.resize`, whose 'nearest' rule differs from
+    PyTorch's and whose 'bilinear' is a dense matrix product per axis.
+    """
+    if method not in DFC_UPSAMPLE_MODES:
+        raise ValueError(f"unknown upsampling method {method!r}; expected one of {DFC_UPSAMPLE_MODES}")
+    return _resize_axis(_resize_axis(x, 1, size[0], method), 2, size[1], method)
+
+
+class DFCAttention(nnx.Module):
+    """GhostNetV2's decoupled fully-connected attention, computed at half resolution.
+
+    avg-pool 2x2 -> 1x1 conv+BN -> (1,5) depthwise conv+BN (along W) -> (5,1) depthwise conv+BN (along H)
+    -> sigmoid -> upsample to the gated tensor's size. The sigmoid comes before the upsampling, as in the
+    reference code.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, upsample: str, rngs: nnx.Rngs):
+        if upsample not in DFC_UPSAMPLE_MODES:
+            raise ValueError(f"unknown dfc_upsample {upsample!r}; expected one of {DFC_UPSAMPLE_MODES}")
+        self.upsample = upsample
+        self.convs = nnx.List(
+            [
+                ConvBN(in_features, out_features, 1, rngs=rngs),
+                ConvBN(out_features, out_features, (1, 5), groups=out_features, rngs=rngs),
+                ConvBN(out_features, out_features, (5, 1), groups=out_features, rngs=rngs),
+            ]
+        )
+
+    def __call__(self, x: jax.Array, size: tuple[int, int]) -> jax.Array:
+        gate = avg_pool_2x2(x)
+        for conv in self.convs:
+            gate = conv(gate)
+        return upsample(jax.nn.sigmoid(gate), size, self.upsample)

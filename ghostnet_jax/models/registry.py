@@ -1,0 +1,96 @@
+"""Named GhostNet variants (timm's names) and `create_model`, the one way to build a network."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from flax import nnx
+
+from ghostnet_jax.models.ghostnet import GhostNet, RepSettings
+from ghostnet_jax.models.layers import DFC_UPSAMPLE_MODES
+
+# name -> (version, width), the timm 1.0.31 registry.
+VARIANTS: dict[str, tuple[int, float]] = {
+    "ghostnet_050": (1, 0.5),
+    "ghostnet_100": (1, 1.0),
+    "ghostnet_130": (1, 1.3),
+    "ghostnetv2_100": (2, 1.0),
+    "ghostnetv2_130": (2, 1.3),
+    "ghostnetv2_160": (2, 1.6),
+    "ghostnetv3_050": (3, 0.5),
+    "ghostnetv3_100": (3, 1.0),
+    "ghostnetv3_130": (3, 1.3),
+    "ghostnetv3_160": (3, 1.6),
+}
+
+# Overrides every version accepts, then those that only make sense with DFC (V2+) or re-parameterisation (V3).
+_COMMON_OVERRIDES = {"width", "dropout", "in_chans"}
+_DFC_OVERRIDES = {"dfc_upsample"}
+_REP_OVERRIDES = {"num_conv_branches", "scale_branch", "identity_branch"}
+
+
+def list_models() -> list[str]:
+    """Names accepted by `create_model`."""
+    return list(VARIANTS)
+
+
+def allowed_overrides(name: str) -> set[str]:
+    """The keyword overrides `create_model(name, ...)` accepts."""
+    version = _version(name)
+    return _COMMON_OVERRIDES | (_DFC_OVERRIDES if version >= 2 else set()) | (_REP_OVERRIDES if version >= 3 else set())
+
+
+def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = None, **overrides: Any) -> GhostNet:
+    """Builds the named variant in train mode (call `.eval()` for inference).
+
+    Overrides: `width` (any positive multiplier), `dropout` (head dropout rate, default 0.2), `in_chans`
+    (default 3); V2/V3: `dfc_upsample` ('bilinear', the default, or 'nearest', the reference code's rule);
+    V3: `num_conv_branches` (N >= 1, default 3), `scale_branch` and `identity_branch` (default True).
+    """
+    allowed = allowed_overrides(name)  # raises for an unknown name
+    version, default_width = VARIANTS[name]
+    unknown = set(overrides) - allowed
+    if unknown:
+        raise ValueError(f"unknown override(s) {sorted(unknown)} for {name}; allowed: {sorted(allowed)}")
+    width = overrides.get("width", default_width)
+    if isinstance(width, bool) or not isinstance(width, numbers.Real) or not (math.isfinite(width) and width > 0):
+        raise ValueError(f"width must be a positive finite number, got {width!r}")
+    dropout = overrides.get("dropout", 0.2)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+    in_chans = overrides.get("in_chans", 3)
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
+    dfc_upsample = overrides.get("dfc_upsample", "bilinear")
+    if dfc_upsample not in DFC_UPSAMPLE_MODES:
+        raise ValueError(f"unknown dfc_upsample {dfc_upsample!r}; expected one of {DFC_UPSAMPLE_MODES}")
+    rep = None
+    if version >= 3:
+        branches = overrides.get("num_conv_branches", 3)
+        if isinstance(branches, bool) or not isinstance(branches, int) or branches < 1:
+            raise ValueError(f"num_conv_branches must be an integer >= 1, got {branches!r}")
+        rep = RepSettings(
+            num_branches=branches,
+            scale_branch=bool(overrides.get("scale_branch", True)),
+            identity_branch=bool(overrides.get("identity_branch", True)),
+        )
+    return GhostNet(
+        version=version,
+        width=float(width),
+        num_classes=num_classes,
+        dropout=float(dropout),
+        in_chans=in_chans,
+        dfc_upsample=dfc_upsample,
+        rep=rep,
+        rngs=rngs if rngs is not None else nnx.Rngs(0),
+    )
+
+
+def _version(name: str) -> int:
+    if not isinstance(name, str) or name not in VARIANTS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(VARIANTS)}")
+    return VARIANTS[name][0]

@@ -1,0 +1,128 @@
+"""Converted timm weights reproduce timm's logits; official naming, deploy form, errors and the CLI."""
+
+import re
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from conftest import randomise_torch_batchnorm
+from ghostnet_jax.checkpoint import load_model
+from ghostnet_jax.convert import from_torch, main as convert_main
+from ghostnet_jax.models import list_models
+
+SIZES = [(224, 224), (200, 136)]  # square, and non-square with odd maps in the DFC stages
+
+
+def reference(timm, name, seed=0):
+    torch.manual_seed(seed)
+    model = timm.create_model(name)
+    randomise_torch_batchnorm(model, seed)
+    return model.eval()
+
+
+def reference_logits(model, size, seed=0):
+    x = np.random.default_rng(seed).normal(size=(2, 3, *size)).astype(np.float32)
+    with torch.no_grad():
+        return x, model(torch.from_numpy(x)).numpy()
+
+
+def assert_matches(model, x, expected):
+    actual = np.asarray(model(jnp.asarray(x.transpose(0, 2, 3, 1))))
+    tolerance = 1e-4 * max(1.0, np.abs(expected).max())
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_converted_weights_reproduce_timm_logits(timm, name):
+    torch_model = reference(timm, name)
+    model = from_torch(name, torch_model.state_dict())
+    for size in SIZES:
+        assert_matches(model, *reference_logits(torch_model, size))
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if n.startswith("ghostnetv3")])
+def test_converted_deploy_form_reproduces_timm(timm, name):
+    torch_model = reference(timm, name)
+    deployed = timm.utils.reparameterize_model(torch_model)
+    model = from_torch(name, deployed.state_dict())
+    assert not any("branches" in str(path) for path, _ in __import__("flax").nnx.iter_graph(model))
+    for size in SIZES:
+        assert_matches(model, *reference_logits(deployed, size))
+
+
+def official_naming(state_dict):
+    """timm keys -> the official repository's: `bn` in V3 branches, thop counters, an EMA wrapper."""
+    renamed = {re.sub(r"(_rpr_(?:conv\.\d+|scale))\.bn1\.", r"\1.bn.", k): v for k, v in state_dict.items()}
+    renamed["total_ops"], renamed["total_params"] = torch.zeros(1), torch.zeros(1)
+    renamed["blocks.0.0.total_ops"] = torch.zeros(1)
+    return renamed
+
+
+@pytest.mark.parametrize("name", ["ghostnet_100", "ghostnetv2_100", "ghostnetv3_100"])
+def test_official_naming_and_ema_wrapper_convert_to_the_same_model(timm, name):
+    torch_model = reference(timm, name)
+    ema = reference(timm, name, seed=1)
+    checkpoint = {
+        "state_dict": {f"module.{k}": v for k, v in official_naming(torch_model.state_dict()).items()},
+        "state_dict_ema": official_naming(ema.state_dict()),
+        "epoch": 599,
+    }
+    assert any(".bn." in k for k in checkpoint["state_dict_ema"]) == name.startswith("ghostnetv3")
+    assert_matches(from_torch(name, checkpoint), *reference_logits(ema, (224, 224)))
+    assert_matches(from_torch(name, checkpoint, use_ema=False), *reference_logits(torch_model, (224, 224)))
+
+
+def test_numpy_arrays_are_accepted(timm):
+    torch_model = reference(timm, "ghostnet_050")
+    arrays = {k: v.numpy() for k, v in torch_model.state_dict().items()}
+    assert_matches(from_torch("ghostnet_050", arrays), *reference_logits(torch_model, (64, 64)))
+
+
+def test_mismatched_checkpoints_list_every_problem(timm):
+    state = dict(reference(timm, "ghostnet_050").state_dict())
+    del state["blocks.3.0.se.conv_reduce.bias"]
+    state["blocks.3.0.extra.weight"] = torch.zeros(3)
+    state["conv_stem.weight"] = torch.zeros(8, 3, 5, 5)
+    with pytest.raises(ValueError) as error:
+        from_torch("ghostnet_050", state)
+    message = str(error.value)
+    assert "missing (1): blocks.3.0.se.conv_reduce.bias" in message
+    assert "unexpected (1): blocks.3.0.extra.weight" in message
+    assert "wrong shape (1): conv_stem.weight (8, 3, 5, 5) (expected (3, 3, 3, 8))" in message
+    with pytest.raises(ValueError, match=r"does not match ghostnet_100:\n  wrong shape \(4\d\d\)"):
+        from_torch("ghostnet_100", reference(timm, "ghostnet_050").state_dict())  # wrong width
+
+
+def test_cli_writes_an_orbax_checkpoint_that_restores_the_same_model(timm, tmp_path):
+    torch_model = reference(timm, "ghostnetv3_050")
+    torch.save({"state_dict": torch_model.state_dict(), "epoch": 1}, tmp_path / "weights.pth.tar")
+    convert_main(["--model", "ghostnetv3_050", "--torch-checkpoint", str(tmp_path / "weights.pth.tar"),
+                  "--output", str(tmp_path / "converted")])
+    model, spec = load_model(tmp_path / "converted")
+    assert spec == {"name": "ghostnetv3_050", "num_classes": 1000, "overrides": {"dfc_upsample": "nearest"},
+                    "fused": False}
+    assert_matches(model, *reference_logits(torch_model, (96, 96)))
+
+
+def test_cli_writes_nothing_on_error(timm, tmp_path):
+    state = dict(reference(timm, "ghostnet_050").state_dict())
+    state.pop("classifier.bias")
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(ValueError, match="missing"):
+        convert_main(["--model", "ghostnet_050", "--torch-checkpoint", str(tmp_path / "broken.pth"),
+                      "--output", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(FileNotFoundError, match="no checkpoint file"):
+        convert_main(["--model", "ghostnet_050", "--torch-checkpoint", str(tmp_path / "absent.pth"),
+                      "--output", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_loading_a_missing_checkpoint_names_the_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
+        load_model(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no complete checkpoint"):
+        load_model(tmp_path / "empty")
