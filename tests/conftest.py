@@ -6,6 +6,8 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# torch (through timm) must be imported before tensorflow: the other order segfaults in this stack.
+import timm  # noqa: F401
 import numpy as np
 import pytest
 from flax import nnx
@@ -47,3 +49,15 @@ def timm():
 
     assert timm_module.__version__ == "1.0.31", f"the parity tests are pinned to timm 1.0.31, got {timm_module.__version__}"
     return timm_module
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Each module compiles many networks; dropping them between modules keeps the suite's memory flat."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flax import nnx
+import jax
 import jax.numpy as jnp
 
 from ghostnet_jax.models.layers import BatchNorm, Conv2d, avg_pool_2x2, make_divisible, nearest_indices, upsample
@@ -85,3 +86,22 @@ def test_batchnorm_training_matches_torch_including_unbiased_running_var():
     ours.use_running_average = True
     expected = reference(torch.from_numpy(x)).detach().numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(np.asarray(ours(to_nhwc(x))), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kernel, stride, groups, channels",
+    [(1, 1, 1, 6), (3, 1, 6, 6), (3, 2, 6, 6), (5, 2, 6, 6), ((1, 5), 1, 6, 6), ((5, 1), 1, 6, 6), (1, 2, 6, 6)],
+)
+def test_fast_conv_paths_equal_xla_convolution_forward_and_backward(kernel, stride, groups, channels):
+    """impl='auto' computes 1x1 convs as matmuls and depthwise convs as shifted multiply-adds (on CPU)."""
+    conv = Conv2d(channels, channels, kernel, stride=stride, groups=groups, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 11, 8, channels)), jnp.float32)
+    cotangent = jnp.asarray(np.random.default_rng(5).normal(size=conv(x).shape), jnp.float32)
+    results = {}
+    for impl in ("auto", "xla"):
+        conv.impl = impl
+        graphdef, state = nnx.split(conv)
+        out, vjp = jax.vjp(lambda x, state: nnx.merge(graphdef, state, copy=True)(x), x, state)
+        results[impl] = jax.tree.leaves((out, vjp(cotangent)))
+    for fast, reference in zip(results["auto"], results["xla"]):
+        np.testing.assert_allclose(np.asarray(fast), np.asarray(reference), rtol=1e-5, atol=1e-5)

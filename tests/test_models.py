@@ -166,3 +166,15 @@ def test_wrong_input_layout_is_named():
     model = create_model("ghostnet_050")
     with pytest.raises(ValueError, match="expected 3 input channels"):
         model(images((1, 3, 64, 64)))
+
+
+
+def test_fast_conv_paths_give_the_same_network_in_eval_mode():
+    """impl='auto' (1x1 convs as matmuls, depthwise as shifted multiply-adds on CPU) against XLA's convs."""
+    model = create_model("ghostnetv3_050", rngs=nnx.Rngs(5))
+    randomise_jax_batchnorm(model, seed=5)
+    model.eval()
+    x = images((2, 64, 48, 3))
+    fast = np.asarray(model(x))
+    model.set_attributes(impl="xla", raise_if_not_found=False)
+    np.testing.assert_allclose(fast, np.asarray(model(x)), rtol=1e-5, atol=1e-5)
