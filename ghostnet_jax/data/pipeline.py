@@ -1,0 +1,307 @@
+"""Host-side input pipeline: TFDS + tf.data batches for `jax.pmap`, reproducible and resumable.
+
+Training is an infinite stream of epochs. Each epoch's order is a pure function of (seed, epoch) and each example's
+augmentation of (seed, process, epoch, position in the epoch), drawn with stateless TF random ops; so
+`train_batches(start_step=k)` yields exactly batches k, k+1, ... of an uninterrupted run. Two sources:
+
+- `cache=True` (small datasets): the host's split is decoded once into memory and each epoch is a full permutation;
+  resuming skips nothing.
+- otherwise the encoded examples stream from TFDS in file order through a shuffle buffer seeded per epoch; resuming
+  mid-epoch reads (without decoding) the examples of that epoch that came before.
+
+Datasets are never downloaded: an unprepared dataset raises. The exception is `fashion_mnist_debian`, which is built
+from local files in seconds and so is prepared on first use.
+"""
+
+import collections
+import dataclasses
+import math
+from collections.abc import Iterable, Iterator, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from ghostnet_jax.data import augment, fashion_mnist, transforms
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_LOCAL_DATASETS = {"fashion_mnist_debian"}  # built from local files, never downloaded
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    num_classes: int
+    channels: int
+    num_train: int
+    num_eval: int
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """The `data` fields the pipeline reads, with ImageNet/timm defaults; configs start from this."""
+    return ml_collections.ConfigDict({
+        "name": "imagenet2012",  # TFDS name
+        "data_dir": ml_collections.FieldReference(None, field_type=str),  # None: TFDS's default
+        "train_split": "train",
+        "eval_split": "validation",
+        "image_size": 224,
+        "eval_crop_pct": 0.875,
+        "interpolation": "bicubic",  # 'bilinear' | 'bicubic' | 'random' (train only; eval then uses bicubic)
+        "crop_scale": (0.08, 1.0),
+        "crop_ratio": (3 / 4, 4 / 3),
+        "hflip": True,
+        "randaugment": "rand-m9-mstd0.5",  # timm config string; '' = off
+        "random_erasing": 0.25,  # probability; 0 = off
+        "mean": IMAGENET_MEAN,  # 0..1 units, like timm; averaged to one value for 1-channel datasets
+        "std": IMAGENET_STD,
+        "shuffle_buffer": 16384,
+        "num_parallel_calls": tf.data.AUTOTUNE,
+        "cache": False,  # hold the decoded split in memory (small datasets)
+        "num_classes": ml_collections.FieldReference(None, field_type=int),  # None: from the TFDS info
+        "num_train": ml_collections.FieldReference(None, field_type=int),
+        "num_eval": ml_collections.FieldReference(None, field_type=int),
+    })
+
+
+def dataset_info(data: ml_collections.ConfigDict) -> DatasetInfo:
+    """Sizes from the TFDS builder's info; config fields that are set win (needed for mock data, whose splits are
+    empty)."""
+    info = _builder(data).info
+    splits = info.splits
+
+    def size(field: str, split: str) -> int:
+        if data[field] is not None:
+            return data[field]
+        if not splits:  # TFDS knows split sizes only once the dataset is prepared
+            raise FileNotFoundError(_not_prepared(data))
+        return splits[split].num_examples  # also resolves slices such as 'train[:10%]'
+
+    return DatasetInfo(
+        num_classes=data.num_classes if data.num_classes is not None else info.features["label"].num_classes,
+        channels=info.features["image"].shape[-1],
+        num_train=size("num_train", data.train_split),
+        num_eval=size("num_eval", data.eval_split),
+    )
+
+
+def train_batches(
+    data: ml_collections.ConfigDict, *, global_batch_size: int, seed: int, start_step: int = 0
+) -> Iterator[dict[str, np.ndarray]]:
+    """Infinite training batches for this host: {'image': float32 [devices, per_device, H, W, C], 'label': int32
+    [devices, per_device]}. Batch k depends only on (data, global_batch_size, seed, k)."""
+    per_device = _per_device_batch(global_batch_size)
+    local_batch = per_device * jax.local_device_count()
+    info = dataset_info(data)
+    builder = _builder(data)
+    split = _host_split(data.train_split, drop_remainder=True)
+    base_seed = tf.constant([seed, jax.process_index()], tf.int64)
+    if data.cache:
+        images, labels = _load_in_memory(builder, data, split)
+        epoch_records, num_examples = _permuted_epochs(images, labels, base_seed), len(labels)
+    else:
+        num_examples = _host_size(builder, split, info.num_train)
+        epoch_records = _shuffled_epochs(builder, data, split, base_seed)
+
+    start_epoch, offset = divmod(start_step * local_batch, num_examples)
+
+    def epoch_stream(epoch: tf.Tensor) -> tf.data.Dataset:
+        epoch_seed = tf.random.experimental.stateless_fold_in(base_seed, epoch)
+        return epoch_records(epoch).enumerate().map(
+            lambda index, ex: (tf.random.experimental.stateless_fold_in(epoch_seed, index), ex)
+        )
+
+    transform = _train_transform(data, info.channels)
+    ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch_stream).skip(offset)
+    ds = ds.map(lambda example_seed, ex: transform(ex, example_seed), num_parallel_calls=data.num_parallel_calls)
+    ds = ds.batch(local_batch, drop_remainder=True)
+    yield from _to_device_layout(_with_options(ds).prefetch(tf.data.AUTOTUNE), per_device)
+
+
+def eval_batches(data: ml_collections.ConfigDict, *, global_batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over the eval split in the layout of `train_batches`, plus 'mask' (float32 [devices, per_device]: 1 for
+    real examples, 0 for padding). Every host yields ceil(num_eval / global_batch_size) batches, so each example is
+    counted exactly once across hosts."""
+    per_device = _per_device_batch(global_batch_size)
+    local_batch = per_device * jax.local_device_count()
+    info = dataset_info(data)
+    builder = _builder(data)
+    split = _host_split(data.eval_split, drop_remainder=False)
+    mean, std = _channel_stats(data, info.channels)
+    interpolation = "bicubic" if data.interpolation == "random" else data.interpolation
+
+    def transform(ex: dict) -> dict:
+        image = transforms.decode(ex["image"], info.channels)
+        image = transforms.resize_shorter_and_centre_crop(image, data.image_size, data.eval_crop_pct, interpolation)
+        return {"image": transforms.normalise(image, mean, std), "label": tf.cast(ex["label"], tf.int32),
+                "mask": tf.constant(1.0)}
+
+    real = _as_dataset(builder, data, split).map(transform, num_parallel_calls=data.num_parallel_calls)
+    padding = tf.data.Dataset.from_tensors({
+        "image": tf.zeros([data.image_size, data.image_size, info.channels]),
+        "label": tf.constant(0),
+        "mask": tf.constant(0.0),
+    }).repeat()
+    num_batches = math.ceil(info.num_eval / global_batch_size)
+    ds = real.concatenate(padding).take(num_batches * local_batch).batch(local_batch)
+    yield from _to_device_layout(_with_options(ds).prefetch(tf.data.AUTOTUNE), per_device)
+
+
+def prefetch_to_device(iterator: Iterable[dict[str, np.ndarray]], size: int = 2) -> Iterator[dict[str, jax.Array]]:
+    """Transfers batches to the local devices `size` ahead, each array split along axis 0 (one slice per device),
+    which is the layout `jax.pmap` consumes without another copy."""
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("devices",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("devices"))
+    queue = collections.deque()
+    for batch in iterator:
+        queue.append(jax.tree.map(lambda x: jax.device_put(x, sharding), batch))
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sources.
+
+
+def _builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    builder = tfds.builder(data.name, data_dir=data.data_dir)
+    if data.name in _LOCAL_DATASETS and not builder.is_prepared():
+        skip_stats = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
+        builder.download_and_prepare(download_config=skip_stats)
+    return builder
+
+
+def _not_prepared(data: ml_collections.ConfigDict) -> str:
+    where = data.data_dir or "TFDS's default data_dir"
+    if data.name == "imagenet2012":
+        how = ("download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into TFDS's manual_dir "
+               "(<data_dir>/downloads/manual) and run `tfds build imagenet2012`")
+    else:
+        how = f"run `tfds build {data.name}` (with --data_dir if not the default) on a machine with network access"
+    return f"dataset {data.name!r} is not prepared in {where}: {how}. This pipeline never downloads."
+
+
+def _as_dataset(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDict, split,
+                decode: bool = False) -> tf.data.Dataset:
+    """The split in file order, images left encoded unless `decode` (decoding happens fused with cropping)."""
+    decoders = None if decode else {"image": tfds.decode.SkipDecoding()}
+    try:
+        return builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+    except AssertionError as error:  # TFDS's "could not find data" check
+        if builder.is_prepared():
+            raise
+        raise FileNotFoundError(_not_prepared(data)) from error
+
+
+def _host_split(split: str, drop_remainder: bool):
+    """This process's share of `split`: the whole split on one host, an even slice otherwise."""
+    if jax.process_count() == 1:
+        return split
+    return tfds.even_splits(split, n=jax.process_count(), drop_remainder=drop_remainder)[jax.process_index()]
+
+
+def _host_size(builder: tfds.core.DatasetBuilder, split, num_examples: int) -> int:
+    if jax.process_count() == 1:
+        return num_examples
+    return builder.info.splits[split].num_examples
+
+
+def _load_in_memory(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDict, split):
+    """The decoded split as two tensors (needs a fixed image shape)."""
+    if not builder.info.features["image"].shape[0]:
+        raise ValueError(f"cache=True needs fixed-size images; {data.name} has variable sizes")
+    arrays = next(iter(tfds.as_numpy(_as_dataset(builder, data, split, decode=True).batch(2**31 - 1))))
+    return tf.constant(arrays["image"]), tf.constant(arrays["label"])
+
+
+def _permuted_epochs(images: tf.Tensor, labels: tf.Tensor, base_seed: tf.Tensor):
+    """epoch -> that epoch's examples as a full random permutation of the in-memory split."""
+    order_seed = tf.random.experimental.stateless_fold_in(base_seed, -1)
+
+    def records(epoch: tf.Tensor) -> tf.data.Dataset:
+        seed = tf.random.experimental.stateless_fold_in(order_seed, epoch)
+        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(labels)[0]), seed)
+        return tf.data.Dataset.from_tensor_slices(order).map(
+            lambda i: {"image": images[i], "label": labels[i]})
+
+    return records
+
+
+def _shuffled_epochs(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDict, split,
+                     base_seed: tf.Tensor):
+    """epoch -> the split streamed in file order through a shuffle buffer seeded by (seed, epoch)."""
+    source = _as_dataset(builder, data, split)
+    order_seed = tf.random.experimental.stateless_fold_in(base_seed, -1)
+
+    def records(epoch: tf.Tensor) -> tf.data.Dataset:
+        seed = tf.random.experimental.stateless_fold_in(order_seed, epoch)
+        shuffle_seed = tf.random.stateless_uniform([], seed, minval=None, maxval=None, dtype=tf.int64)
+        return source.shuffle(data.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Transforms and layout.
+
+
+def _channel_stats(data: ml_collections.ConfigDict, channels: int) -> tuple[Sequence[float], Sequence[float]]:
+    """mean/std per channel; 3-channel statistics are averaged for a greyscale dataset."""
+    mean, std = tuple(data.mean), tuple(data.std)
+    if channels == 1 and len(mean) == 3:
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean/std have {len(mean)}/{len(std)} values for a {channels}-channel dataset")
+    return mean, std
+
+
+def _train_transform(data: ml_collections.ConfigDict, channels: int):
+    """timm's train transform: RandomResizedCrop (fused with JPEG decoding), flip, RandAugment, normalise, erasing."""
+    mean, std = _channel_stats(data, channels)
+    rand_augment = augment.parse_rand_augment(data.randaugment) if data.randaugment else None
+    fill = augment.fill_colour(mean)
+    size = [data.image_size, data.image_size]
+
+    def transform(ex: dict, seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        s_crop, s_interp, s_flip, s_augment, s_erase = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
+        image = transforms.decode_and_random_crop(ex["image"], s_crop, channels, data.crop_scale, data.crop_ratio)
+        if data.interpolation == "random":
+            interpolation = tf.random.stateless_uniform([], s_interp, 0, 2, dtype=tf.int32)
+        else:
+            interpolation = data.interpolation
+        image = tf.ensure_shape(transforms.resize(image, size, interpolation), size + [channels])
+        if data.hflip:
+            image = transforms.random_flip(image, s_flip)
+        if rand_augment is not None:
+            image = augment.rand_augment(image, rand_augment, s_augment, fill=fill, interpolation=data.interpolation)
+        image = transforms.normalise(image, mean, std)
+        if data.random_erasing > 0:
+            image = augment.random_erasing(image, data.random_erasing, s_erase)
+        return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
+
+    return transform
+
+
+def _per_device_batch(global_batch_size: int) -> int:
+    shards = jax.process_count() * jax.local_device_count()
+    if global_batch_size % shards:
+        raise ValueError(
+            f"global batch size {global_batch_size} is not divisible by process_count ({jax.process_count()}) x "
+            f"local_device_count ({jax.local_device_count()}) = {shards}"
+        )
+    return global_batch_size // shards
+
+
+def _with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.deterministic = True  # parallel map, same order: required for reproducible batches
+    return ds.with_options(options)
+
+
+def _to_device_layout(ds: tf.data.Dataset, per_device: int) -> Iterator[dict[str, np.ndarray]]:
+    devices = jax.local_device_count()
+    for batch in ds.as_numpy_iterator():
+        yield {k: v.reshape((devices, per_device) + v.shape[1:]) for k, v in batch.items()}
