@@ -1,0 +1,96 @@
+"""The fields every config has, with the GhostNetV3 recipe's defaults. Presets change only what differs."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from ghostnet_jax.data.pipeline import default_data_config
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.mode = "train"  # 'train', or 'eval' to evaluate the latest checkpoint in --workdir
+    c.seed = 0
+    c.multihost = False  # call jax.distributed.initialize() (Cloud TPU pods, multi-node GPU)
+
+    # Model: registry name; None means the variant's own default for that override.
+    c.model = ml_collections.ConfigDict(
+        dict(
+            name="ghostnetv3_100",
+            width=ml_collections.FieldReference(None, field_type=float),
+            dropout=ml_collections.FieldReference(None, field_type=float),
+            dfc_upsample=ml_collections.FieldReference(None, field_type=str),
+            num_conv_branches=ml_collections.FieldReference(None, field_type=int),
+            scale_branch=ml_collections.FieldReference(None, field_type=bool),
+            identity_branch=ml_collections.FieldReference(None, field_type=bool),
+        )
+    )
+    c.data = default_data_config()
+    c.batch_size = 1024  # global, over all hosts and devices
+    c.num_epochs = 600.0
+    c.max_steps = ml_collections.FieldReference(None, field_type=int)  # stop early (budgets, smoke tests)
+
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            name="sgd",  # 'sgd' (Nesterov), 'rmsprop' (TF-style) or 'adamw'
+            lr=0.4,  # peak, for the global batch size above
+            momentum=0.9,
+            nesterov=True,
+            eps=1e-3,  # RMSprop / AdamW epsilon
+            weight_decay=2e-5,  # not applied to BatchNorm parameters or biases
+            schedule="cosine",  # 'cosine' or 'step'
+            warmup_epochs=3.0,
+            warmup_lr=1e-4,
+            min_lr=1e-5,
+            decay_epochs=2.4,  # 'step' schedule only
+            decay_rate=0.973,  # 'step' schedule only
+        )
+    )
+    c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.1))
+    # L = (1 - alpha) * CE + alpha * tau^2 * KL(teacher_tau || student_tau); alpha = 0 loads no teacher.
+    c.distill = ml_collections.ConfigDict(dict(alpha=0.5, temperature=1.0, teacher=""))
+    c.ema = ml_collections.ConfigDict(dict(decay=0.9999, warmup=True))
+    c.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.0, cutmix_alpha=0.0, prob=1.0, switch_prob=0.5))
+    c.cross_device_bn = True  # BatchNorm statistics over the global batch
+
+    c.log_every_steps = 100
+    c.eval_every_epochs = 1.0
+    c.checkpoint_every_steps = 2000
+    c.keep_checkpoints = 3  # the latest N, plus the best by EMA top-1
+    return c
+
+
+def fashion_mnist(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The offline preset: Fashion-MNIST from the Debian package, upscaled, sized for a 2-core CPU.
+
+    GhostNet downsamples by 32 and DFC pools by 2 more, so V2/V3 need at least 33 px; 28 px digits are
+    upscaled to `image_size`. Augmentation is lighter than ImageNet's: the images are small and centred.
+    """
+    config.data.update(
+        name="fashion_mnist_debian",
+        eval_split="test",
+        image_size=48,
+        crop_scale=(0.5, 1.0),
+        eval_crop_pct=1.0,
+        randaugment="rand-m9-mstd0.5",
+        random_erasing=0.25,
+        cache=True,
+    )
+    config.batch_size = 128
+    config.num_epochs = 2.0
+    config.optim.update(name="sgd", lr=0.2, warmup_epochs=0.1, warmup_lr=0.01, min_lr=1e-4, weight_decay=5e-5)
+    config.ema.decay = 0.999
+    config.log_every_steps = 50
+    config.eval_every_epochs = 1.0
+    config.checkpoint_every_steps = 200
+    return config
+
+
+def with_preset(config: ml_collections.ConfigDict, preset: str | None, presets: dict, source: str):
+    """Applies the named preset (a function editing `config`), or raises naming the available ones."""
+    if not preset:
+        return config
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r} for {source}; available: {', '.join(presets)}")
+    presets[preset](config)
+    return config

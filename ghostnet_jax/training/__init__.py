@@ -1,0 +1,1 @@
+"""Training: losses, optimizer and schedule, train state, pmapped steps, checkpoints and the loop."""

@@ -1,0 +1,54 @@
+"""Metrics to stdout and TensorBoard (process 0 only), with throughput, ETA and a live line on a terminal."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+
+class MetricLogger:
+    def __init__(self, workdir: Path, *, total_steps: int, batch_size: int, enabled: bool):
+        self.total_steps, self.batch_size, self.enabled = total_steps, batch_size, enabled
+        self.interactive = enabled and sys.stdout.isatty()
+        self._last_step, self._last_time = None, time.perf_counter()
+        self._writer = None
+        if enabled:
+            import tensorflow as tf  # tf.summary writes TensorBoard event files
+
+            self._writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+
+    def _scalars(self, step: int, values: dict[str, float], prefix: str) -> None:
+        import tensorflow as tf
+
+        with self._writer.as_default(step=step):
+            for name, value in values.items():
+                tf.summary.scalar(f"{prefix}/{name}", value)
+        self._writer.flush()
+
+    def log_train(self, step: int, values: dict[str, float]) -> None:
+        now = time.perf_counter()
+        if self._last_step is not None and step > self._last_step:
+            seconds_per_step = (now - self._last_time) / (step - self._last_step)
+            values = values | {"img_per_s": self.batch_size / seconds_per_step}
+            eta = f", ETA {(self.total_steps - step) * seconds_per_step / 60:.1f} min"
+        else:
+            eta = ""
+        self._last_step, self._last_time = step, now
+        if not self.enabled:
+            return
+        line = f"step {step}/{self.total_steps}: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()) + eta
+        print(("\r\033[K" + line) if self.interactive else line, end="" if self.interactive else "\n", flush=True)
+        self._scalars(step, values, "train")
+
+    def log_eval(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        prefix = "\n" if self.interactive else ""
+        print(f"{prefix}eval at step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in values.items()), flush=True)
+        self._scalars(step, values, "eval")
+        self._last_time = time.perf_counter()  # evaluation time is not training throughput
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

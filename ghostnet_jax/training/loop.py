@@ -1,0 +1,192 @@
+"""The training loop: config -> model, teacher, data, pmapped steps -> checkpoints, logs and evaluations."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from ghostnet_jax.checkpoint import load_model, model_spec, model_variables
+from ghostnet_jax.data.pipeline import dataset_info, eval_batches, prefetch_to_device, train_batches
+from ghostnet_jax.models import allowed_overrides, create_model, fuse
+from ghostnet_jax.training.checkpointing import BEST_METRIC, TrainCheckpointer
+from ghostnet_jax.training.config_check import validate_config
+from ghostnet_jax.training.logger import MetricLogger
+from ghostnet_jax.training.optim import create_optimizer, learning_rate_schedule
+from ghostnet_jax.training.state import TrainState, create_train_state, split_model
+from ghostnet_jax.training.steps import AXIS, make_eval_step, make_train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or Inf; the run stops and nothing from after the last good checkpoint is saved."""
+
+
+def model_overrides(config: ml_collections.ConfigDict, channels: int) -> dict[str, Any]:
+    """The config's model overrides that are set (not None), checked against what the variant accepts."""
+    overrides = {k: v for k, v in config.model.items() if k != "name" and v is not None}
+    not_allowed = set(overrides) - allowed_overrides(config.model.name)
+    if not_allowed:
+        raise ValueError(f"config.model.{sorted(not_allowed)[0]} does not apply to {config.model.name}")
+    return {**overrides, "in_chans": channels}
+
+
+def load_teacher(config: ml_collections.ConfigDict, num_classes: int, channels: int):
+    """The distillation teacher, read-only, in eval mode: (graphdef, variables), or (None, None) if alpha=0."""
+    if config.distill.alpha == 0:
+        return None, None
+    teacher, spec = load_model(config.distill.teacher)
+    if spec["num_classes"] != num_classes or teacher.stem.conv.in_features != channels:
+        raise ValueError(
+            f"teacher {config.distill.teacher} ({spec['name']}, {spec['num_classes']} classes, "
+            f"{teacher.stem.conv.in_features} channels) does not fit this dataset ({num_classes} classes, "
+            f"{channels} channels)"
+        )
+    return nnx.split(teacher)
+
+
+class Evaluator:
+    """Evaluates parameters on the eval split, with V3 fused first (what a deployed model runs)."""
+
+    def __init__(self, model: nnx.Module, config: ml_collections.ConfigDict):
+        self.template = nnx.clone(model)
+        self.template.eval()
+        self.fused = model.version >= 3
+        self.config = config
+        self._steps: dict[Any, Callable] = {}
+
+    def model_with(self, params: nnx.State, batch_stats: nnx.State) -> nnx.Module:
+        """The (unfused) eval-mode model holding these parameters and statistics."""
+        nnx.update(self.template, jax.device_get(params), jax.device_get(batch_stats))
+        return self.template
+
+    def deploy_model(self, params: nnx.State, batch_stats: nnx.State) -> nnx.Module:
+        model = self.model_with(params, batch_stats)
+        return fuse(model) if self.fused else model
+
+    def __call__(self, params: nnx.State, batch_stats: nnx.State) -> dict[str, float]:
+        graphdef, variables = nnx.split(self.deploy_model(params, batch_stats))
+        if graphdef not in self._steps:
+            self._steps[graphdef] = jax.pmap(make_eval_step(graphdef), axis_name=AXIS, in_axes=(None, 0))
+        step = self._steps[graphdef]
+        totals = None
+        for batch in prefetch_to_device(eval_batches(self.config.data, global_batch_size=self.config.batch_size)):
+            sums = step(variables, batch)
+            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        totals = jax.device_get(totals)
+        count = float(np.asarray(totals["count"]).reshape(-1)[0])
+        return {k: float(np.asarray(v).reshape(-1)[0]) / count for k, v in totals.items() if k != "count"}
+
+
+class PreemptionFlag:
+    """Set by SIGTERM (Cloud TPU preemption): the loop checkpoints and exits at the next step boundary."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: checkpointing and exiting")
+        self.raised = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _all_finite(tree) -> bool:
+    return bool(jax.device_get(jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda x: jnp.isfinite(x).all(), tree))))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+    """Trains (or with mode='eval' evaluates) as `config` says, in `workdir`; returns the final metrics."""
+    validate_config(config)
+    workdir = Path(workdir).absolute()
+    is_main = jax.process_index() == 0
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    info = dataset_info(config.data)
+    overrides = model_overrides(config, info.channels)
+    model = create_model(config.model.name, num_classes=info.num_classes, rngs=nnx.Rngs(config.seed), **overrides)
+    if config.cross_device_bn:
+        model.set_attributes(axis_name=AXIS, raise_if_not_found=False)
+    graphdef, params, batch_stats, rest = split_model(model)
+    spec = model_spec(config.model.name, num_classes=info.num_classes, overrides=overrides, fused=False)
+
+    steps_per_epoch = info.num_train // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"config.batch_size={config.batch_size} exceeds the {info.num_train} training examples")
+    total_steps = int(math.ceil(config.num_epochs * steps_per_epoch))
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.num_epochs)
+    tx = create_optimizer(config.optim, schedule)
+    state = create_train_state(params, batch_stats, tx, config.seed)
+
+    checkpointer = TrainCheckpointer(workdir / "checkpoints", keep=config.keep_checkpoints, spec=spec)
+    restored = checkpointer.restore_latest(jax.tree.map(jnp.asarray, state))
+    state = restored if restored is not None else state
+    start_step = int(jax.device_get(state.step))
+    evaluator = Evaluator(model, config)
+
+    def evaluate(state: TrainState) -> dict[str, float]:
+        metrics = {f"ema_{k}": v for k, v in evaluator(state.ema_params, state.ema_batch_stats).items()}
+        return metrics | evaluator(state.params, state.batch_stats)
+
+    if config.mode == "eval" or start_step >= total_steps:
+        if restored is None:
+            raise FileNotFoundError(f"mode=eval but {workdir / 'checkpoints'} holds no checkpoint")
+        checkpointer.close()
+        metrics = evaluate(state)
+        print(f"eval at step {start_step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        return metrics
+
+    teacher_graphdef, teacher_variables = load_teacher(config, info.num_classes, info.channels)
+    train_step = make_train_step(graphdef, rest, tx, schedule, config, info.num_classes, teacher_graphdef)
+    p_train_step = jax.pmap(train_step, axis_name=AXIS, in_axes=(None, None, 0), out_axes=None, donate_argnums=(0,))
+    batches = prefetch_to_device(
+        train_batches(config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step)
+    )
+    eval_every = max(int(round(config.eval_every_epochs * steps_per_epoch)), 1)
+    logger = MetricLogger(workdir, total_steps=total_steps, batch_size=config.batch_size, enabled=is_main)
+    preemption = PreemptionFlag()
+    metrics: dict[str, float] = {}
+    try:
+        for step in range(start_step, total_steps):
+            state, step_metrics = p_train_step(state, teacher_variables, next(batches))
+            done = step + 1
+            if done % config.log_every_steps == 0 or done == total_steps:
+                values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                if not all(math.isfinite(v) for v in values.values()):
+                    raise NonFiniteLossError(f"non-finite loss at step {done}: {values}; last good checkpoint kept")
+                logger.log_train(done, values)
+            evaluated = done % eval_every == 0 or done == total_steps
+            if evaluated:
+                metrics = evaluate(state)
+                logger.log_eval(done, metrics)
+            if evaluated or done % config.checkpoint_every_steps == 0 or preemption.raised:
+                if not _all_finite((state.params, state.batch_stats)):
+                    raise NonFiniteLossError(f"non-finite parameters at step {done}; last good checkpoint kept")
+                ema_variables = model_variables(evaluator.model_with(state.ema_params, state.ema_batch_stats))
+                checkpointer.save(state, ema_variables, metrics if evaluated else None)
+            if preemption.raised:
+                logging.warning("preempted at step %d; checkpoint written", done)
+                sys.exit(0)
+    finally:
+        preemption.restore()
+        checkpointer.close()
+        logger.close()
+    summary = f"final: step {total_steps}, test top-1 (EMA weights) = {metrics.get(BEST_METRIC, float('nan')):.4f}"
+    print(summary + (f", raw weights = {metrics['top1']:.4f}" if "top1" in metrics else ""))
+    return metrics

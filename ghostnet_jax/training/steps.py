@@ -1,0 +1,99 @@
+"""Pure train and eval steps over `nnx.split` state, written to run under `jax.pmap(axis_name='batch')`."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from ghostnet_jax.training.losses import distillation_loss, smooth_labels
+from ghostnet_jax.training.mixup import mix_batch
+from ghostnet_jax.training.state import TrainState, ema_decay, ema_update
+
+AXIS = "batch"
+
+
+def top_k_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    """1.0 where the label is among the k highest logits, per example."""
+    top = jax.lax.top_k(logits, k)[1]
+    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    rest: nnx.State,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    config: ml_collections.ConfigDict,
+    num_classes: int,
+    teacher_graphdef: nnx.GraphDef | None = None,
+) -> Callable:
+    """Returns step(state, teacher_variables, batch) -> (state, metrics), to be pmapped over AXIS.
+
+    The student runs in train mode; the teacher (if any) in eval mode on the same augmented batch under
+    stop_gradient. Gradients, metrics and BatchNorm statistics are averaged across devices, so the state
+    stays replicated.
+    """
+    use_mixup = config.mixup.mixup_alpha > 0 or config.mixup.cutmix_alpha > 0
+
+    def step(state: TrainState, teacher_variables, batch):
+        rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
+        mix_rng, dropout_rng = jax.random.split(rng)
+        images = batch["image"]
+        targets = smooth_labels(batch["label"], num_classes, config.loss.label_smoothing)
+        if use_mixup:
+            images, targets = mix_batch(mix_rng, images, targets, config.mixup)
+        teacher_logits = None
+        if teacher_graphdef is not None:
+            teacher_logits = jax.lax.stop_gradient(nnx.merge(teacher_graphdef, teacher_variables)(images))
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state.batch_stats, rest, copy=True)
+            logits = model(images, rngs=nnx.Rngs(dropout=dropout_rng))
+            loss, parts = distillation_loss(
+                logits, targets, teacher_logits, alpha=config.distill.alpha, temperature=config.distill.temperature
+            )
+            return loss, (logits, parts, nnx.state(model, nnx.BatchStat))
+
+        (loss, (logits, parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grads = jax.lax.pmean(grads, AXIS)
+        batch_stats = jax.lax.pmean(batch_stats, AXIS)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        decay = ema_decay(state.step, config.ema.decay, config.ema.warmup)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            ema_params=ema_update(state.ema_params, params, decay),
+            ema_batch_stats=ema_update(state.ema_batch_stats, batch_stats, decay),
+        )
+        metrics = {"loss": loss, "top1": top_k_correct(logits, batch["label"], 1).mean(), **parts}
+        metrics = jax.lax.pmean(metrics, AXIS)
+        metrics["lr"] = schedule(state.step)
+        return new_state, metrics
+
+    return step
+
+
+def make_eval_step(graphdef: nnx.GraphDef) -> Callable:
+    """Returns step(variables, batch) -> summed metrics over all devices (padding excluded by the mask)."""
+
+    def step(variables, batch):
+        logits = nnx.merge(graphdef, variables)(batch["image"])
+        labels, mask = batch["label"], batch["mask"]
+        loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
+        sums = {
+            "loss": loss * mask,
+            "top1": top_k_correct(logits, labels, 1) * mask,
+            "top5": top_k_correct(logits, labels, min(5, logits.shape[-1])) * mask,
+            "count": mask,
+        }
+        return jax.lax.psum(jax.tree.map(jnp.sum, sums), AXIS)
+
+    return step
