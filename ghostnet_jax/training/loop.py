@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
