@@ -2,10 +2,12 @@
 
 import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from conftest import randomise_torch_batchnorm
 from ghostnet_jax.checkpoint import load_model
@@ -50,6 +52,24 @@ def test_converted_deploy_form_reproduces_timm(timm, name):
     assert not any("branches" in str(path) for path, _ in __import__("flax").nnx.iter_graph(model))
     for size in SIZES:
         assert_matches(model, *reference_logits(deployed, size))
+
+
+@pytest.mark.parametrize("name", ["ghostnetv2_100", "ghostnetv3_050"])
+def test_train_mode_forward_and_running_statistics_match_timm(timm, name):
+    """Training form: batch statistics in every BN (V3: one stacked conv + BN per site) and their updates."""
+    torch_model = reference(timm, name).train()
+    torch_model.drop_rate = 0.0  # dropout draws differ between the frameworks; it is tested on its own
+    model = from_torch(name, torch_model.state_dict())
+    model.train()
+    model.dropout.rate = 0.0
+    x = np.random.default_rng(1).normal(size=(4, 3, 96, 80)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch_model(torch.from_numpy(x)).numpy()
+    assert_matches(model, x, expected)
+    updated = from_torch(name, torch_model.state_dict())  # timm's running statistics after the step
+    ours, theirs = nnx.state(model, nnx.BatchStat), nnx.state(updated, nnx.BatchStat)
+    for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree_util.tree_leaves_with_path(theirs)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5, err_msg=str(path))
 
 
 def official_naming(state_dict):

@@ -1,7 +1,12 @@
-"""Metrics to stdout and TensorBoard (process 0 only), with throughput, ETA and a live line on a terminal."""
+"""Metrics to stdout, TensorBoard and `metrics.jsonl` (process 0 only), with throughput and ETA.
+
+`metrics.jsonl` holds one JSON object per logged step ({"kind": "train"|"eval", "step": ..., metrics}), the
+machine-readable record that experiment reports are built from; a resumed run appends to it.
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -12,15 +17,18 @@ class MetricLogger:
         self.total_steps, self.batch_size, self.enabled = total_steps, batch_size, enabled
         self.interactive = enabled and sys.stdout.isatty()
         self._last_step, self._last_time = None, time.perf_counter()
-        self._writer = None
+        self._writer, self._records = None, None
         if enabled:
             import tensorflow as tf  # tf.summary writes TensorBoard event files
 
             self._writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+            self._records = open(workdir / "metrics.jsonl", "a")
 
     def _scalars(self, step: int, values: dict[str, float], prefix: str) -> None:
         import tensorflow as tf
 
+        self._records.write(json.dumps({"kind": prefix, "step": step, **values}) + "\n")
+        self._records.flush()
         with self._writer.as_default(step=step):
             for name, value in values.items():
                 tf.summary.scalar(f"{prefix}/{name}", value)
@@ -52,3 +60,4 @@ class MetricLogger:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            self._records.close()

@@ -101,6 +101,16 @@ class PreemptionFlag:
         signal.signal(signal.SIGTERM, self._previous)
 
 
+def replicated(tree):
+    """`tree` placed as the pmapped step returns its state (replicated over the local devices).
+
+    Without this the first step's input (on one device) and every later step's input differ in sharding,
+    and XLA compiles the whole train step twice.
+    """
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (AXIS,))
+    return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
 def _all_finite(tree) -> bool:
     return bool(jax.device_get(jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda x: jnp.isfinite(x).all(), tree))))
 
@@ -134,7 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     checkpointer = TrainCheckpointer(workdir / "checkpoints", keep=config.keep_checkpoints, spec=spec)
     restored = checkpointer.restore_latest(jax.tree.map(jnp.asarray, state))
-    state = restored if restored is not None else state
+    state = replicated(restored if restored is not None else state)
     start_step = int(jax.device_get(state.step))
     evaluator = Evaluator(model, config)
 
