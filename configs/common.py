@@ -63,23 +63,24 @@ def base_config() -> ml_collections.ConfigDict:
 def fashion_mnist(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The offline preset: Fashion-MNIST from the Debian package, upscaled, sized for a 2-core CPU.
 
-    GhostNet downsamples by 32 and DFC pools by 2 more, so V2/V3 need at least 33 px; 28 px digits are
-    upscaled to `image_size`. Augmentation is lighter than ImageNet's: the images are small and centred.
+    GhostNet downsamples by 32 and DFC pools by 2 more, so V2/V3 need at least 33 px; the 28 px images
+    are upscaled to 40. Training lasts a few epochs, too short for strong augmentation to pay off (the
+    experiments' augmentation arms measure it), so crops are mild and RandAugment and erasing are off.
     """
     config.data.update(
         name="fashion_mnist_debian",
         eval_split="test",
-        image_size=48,
-        crop_scale=(0.5, 1.0),
+        image_size=40,
+        crop_scale=(0.8, 1.0),
         eval_crop_pct=1.0,
-        randaugment="rand-m9-mstd0.5",
-        random_erasing=0.25,
+        randaugment="",
+        random_erasing=0.0,
         cache=True,
     )
     config.batch_size = 128
     config.num_epochs = 2.0
     config.optim.update(name="sgd", lr=0.2, warmup_epochs=0.1, warmup_lr=0.01, min_lr=1e-4, weight_decay=5e-5)
-    config.ema.decay = 0.999
+    config.ema.decay = 0.998
     config.log_every_steps = 50
     config.eval_every_epochs = 1.0
     config.checkpoint_every_steps = 200
