@@ -112,7 +112,7 @@ def train_batches(
             lambda index, ex: (tf.random.experimental.stateless_fold_in(epoch_seed, index), ex)
         )
 
-    transform = _train_transform(data, info.channels)
+    transform = train_transform(data, info.channels)
     ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch_stream).skip(offset)
     ds = ds.map(lambda example_seed, ex: transform(ex, example_seed), num_parallel_calls=data.num_parallel_calls)
     ds = ds.batch(local_batch, drop_remainder=True)
@@ -258,7 +258,7 @@ def _channel_stats(data: ml_collections.ConfigDict, channels: int) -> tuple[Sequ
     return mean, std
 
 
-def _train_transform(data: ml_collections.ConfigDict, channels: int):
+def train_transform(data: ml_collections.ConfigDict, channels: int):
     """timm's train transform: RandomResizedCrop (fused with JPEG decoding), flip, RandAugment, normalise, erasing."""
     mean, std = _channel_stats(data, channels)
     rand_augment = augment.parse_rand_augment(data.randaugment) if data.randaugment else None

@@ -1,0 +1,444 @@
+"""ghostnet_jax against timm 1.0.31, side by side in one run: train step, inference, latency, input pipeline.
+
+    python -m experiments.benchmark                       # everything, CPU, prints a markdown table
+    python -m experiments.benchmark --suites train,infer --models ghostnet_100 --out experiments/results/cpu
+    python -m experiments.benchmark --device gpu --dtype bfloat16 --suites train,infer   # see gpu_benchmark.sh
+
+Every measurement runs in a fresh subprocess (one framework, one model, one setting), so that peak memory
+is that measurement's own and neither framework's thread pools or caches disturb the other. Both sides get
+the same inputs, batch size and threads (torch uses all cores, as XLA does). Figures are the median over
+`--repeats` timed iterations after warm-up, with the spread (min..max) beside them; "first" is the wall time
+of the first iteration (ours: tracing + XLA compilation; timm: eager warm-up). Peak memory is the process's
+peak RSS on CPU and the device's peak allocation on GPU.
+
+The model side imports neither tensorflow, tensorflow-datasets nor ml_collections: the GPU machine has none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+TRAIN_MODELS = ("ghostnet_100", "ghostnetv2_100", "ghostnetv3_100")
+OFFLINE_SIZE = 48  # the fashion_mnist preset's input size (one channel there; three here, like timm's models)
+NUM_CLASSES = 1000
+
+
+def timed(fn: Callable[[], object], warmup: int, repeats: int) -> dict:
+    """First-call seconds, then per-iteration seconds (median, min, max) over `repeats` after `warmup`."""
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"first_s": first, "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+
+
+def random_images(batch: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(batch, size, size, 3)).astype(np.float32)
+
+
+# --- ghostnet_jax ----------------------------------------------------------------------------------------
+
+
+def ours_model(name: str, impl: str):
+    from ghostnet_jax.models import create_model
+
+    model = create_model(name, num_classes=NUM_CLASSES)
+    model.set_attributes(impl=impl, raise_if_not_found=False)
+    return model
+
+
+def ours_train(name: str, size: int, batch: int, dtype: str, impl: str, warmup: int, repeats: int) -> dict:
+    """A jitted SGD (Nesterov) step: train-mode forward, cross-entropy, backward, update; state donated."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from ghostnet_jax.training.losses import cross_entropy
+    from ghostnet_jax.training.state import split_model
+
+    graphdef, params, batch_stats, rest = split_model(ours_model(name, impl))
+    tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
+    compute = jnp.dtype(dtype)
+
+    def step(carry, images, labels):
+        params, batch_stats, opt_state = carry
+
+        def loss_fn(params):
+            cast = jax.tree.map(lambda p: p.astype(compute), params)  # mixed precision, like torch AMP
+            model = nnx.merge(graphdef, cast, batch_stats, rest, copy=True)
+            logits = model(images.astype(compute)).astype(jnp.float32)
+            return cross_entropy(logits, jax.nn.one_hot(labels, NUM_CLASSES)).mean(), nnx.state(model, nnx.BatchStat)
+
+        (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), batch_stats, opt_state
+
+    step = jax.jit(step, donate_argnums=(0,))
+    images, labels = jnp.asarray(random_images(batch, size)), jnp.zeros((batch,), jnp.int32)
+    carry = [(params, batch_stats, tx.init(params))]
+
+    def run():
+        carry[0] = jax.block_until_ready(step(carry[0], images, labels))
+
+    return timed(run, warmup, repeats)
+
+
+def ours_infer(name: str, fused: bool, size: int, batch: int, dtype: str, impl: str, warmup: int, repeats: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from ghostnet_jax.models import fuse
+
+    model = ours_model(name, impl)
+    model.eval()
+    model = fuse(model) if fused else model
+    graphdef, state = nnx.split(model)
+    state = jax.tree.map(lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v, state)
+    forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+    images = jnp.asarray(random_images(batch, size), dtype)
+    return timed(lambda: jax.block_until_ready(forward(state, images)), warmup, repeats)
+
+
+def ours_peak_memory() -> int:
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return int(device.memory_stats().get("peak_bytes_in_use", 0))
+
+
+# --- timm ------------------------------------------------------------------------------------------------
+
+
+def _torch_device(dtype: str):
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu"), dtype == "bfloat16"
+
+
+def _sync():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timm_train(name: str, size: int, batch: int, dtype: str, warmup: int, repeats: int) -> dict:
+    import timm
+    import torch
+
+    device, amp = _torch_device(dtype)
+    model = timm.create_model(name).to(device).train()
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    images = torch.from_numpy(random_images(batch, size).transpose(0, 3, 1, 2).copy()).to(device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def run():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _sync()
+
+    return timed(run, warmup, repeats)
+
+
+def timm_infer(name: str, fused: bool, size: int, batch: int, dtype: str, warmup: int, repeats: int) -> dict:
+    import timm
+    import torch
+
+    device, amp = _torch_device(dtype)
+    model = timm.create_model(name).eval()
+    model = timm.utils.reparameterize_model(model) if fused else model
+    model = model.to(device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    images = torch.from_numpy(random_images(batch, size).transpose(0, 3, 1, 2).copy()).to(device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+
+    def run():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            model(images)
+        _sync()
+
+    return timed(run, warmup, repeats)
+
+
+def timm_peak_memory() -> int:
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# --- input pipelines ---------------------------------------------------------------------------------------
+
+
+def synthetic_jpegs(count: int, seed: int = 0) -> list[bytes]:
+    """ImageNet-like JPEGs (about 500x375, smooth content plus noise, quality 90), the same bytes for both."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        h, w = int(rng.integers(300, 450)), int(rng.integers(400, 550))
+        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+        phase = rng.uniform(0, 6.3, size=3)
+        base = np.stack([np.sin(6 * xx * (c + 1) + 4 * yy + phase[c]) for c in range(3)], axis=-1) * 90 + 128
+        pixels = np.clip(base + rng.normal(0, 12, size=base.shape), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+        images.append(buffer.getvalue())
+    return images
+
+
+def ours_pipeline(workers: int, batch: int, count: int, repeats: int) -> dict:
+    """Our tf.data train transform on `workers` threads (map parallelism and tf.data's private pool)."""
+    import tensorflow as tf
+
+    from configs.v3 import get_config
+    from ghostnet_jax.data.pipeline import train_transform
+
+    data = get_config().data
+    data.num_parallel_calls = workers
+    transform = train_transform(data, channels=3)
+    jpegs = synthetic_jpegs(count)
+    ds = tf.data.Dataset.from_tensor_slices({"image": jpegs, "label": np.zeros(count, np.int64)}).enumerate()
+    ds = ds.map(lambda i, ex: transform(ex, tf.stack([i, tf.constant(0, tf.int64)])), num_parallel_calls=workers)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = workers
+    options.threading.max_intra_op_parallelism = 1
+    ds = ds.batch(batch).repeat().with_options(options)
+
+    def epochs():
+        """One epoch per next(): timm's loader's batches, the last one partial. The iterator is created in the first
+        call and kept, as timm's loader keeps its workers (persistent_workers=True): creating one instantiates and
+        graph-optimises the map function, a start-up cost that a training run pays once."""
+        iterator = ds.as_numpy_iterator()
+        while True:
+            for _ in range(-(-count // batch)):
+                next(iterator)
+            yield
+
+    epoch = epochs()
+    return timed(lambda: next(epoch), 0, repeats) | {"images": count}
+
+
+class _JpegDataset:
+    def __init__(self, jpegs: list[bytes], transform):
+        self.jpegs, self.transform = jpegs, transform
+
+    def __len__(self) -> int:
+        return len(self.jpegs)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        return self.transform(Image.open(io.BytesIO(self.jpegs[index])).convert("RGB")), 0
+
+
+def timm_pipeline(workers: int, batch: int, count: int, repeats: int) -> dict:
+    """timm's own train transform with the same augmentation, through a DataLoader with `workers` workers."""
+    import torch
+    from timm.data import create_transform
+
+    from configs.v3 import get_config
+
+    data = get_config().data
+    transform = create_transform(
+        data.image_size,
+        is_training=True,
+        scale=tuple(data.crop_scale),
+        ratio=tuple(data.crop_ratio),
+        hflip=0.5 if data.hflip else 0.0,
+        auto_augment=data.randaugment,
+        interpolation=data.interpolation,
+        re_prob=data.random_erasing,
+        re_mode="pixel",
+    )
+    torch.set_num_threads(1)
+    loader = torch.utils.data.DataLoader(
+        _JpegDataset(synthetic_jpegs(count), transform), batch_size=batch, num_workers=workers, persistent_workers=True
+    )
+
+    def run():
+        for _ in loader:
+            pass
+
+    return timed(run, 0, repeats) | {"images": count}
+
+
+# --- one measurement per process ---------------------------------------------------------------------------
+
+
+def measure(job: dict) -> dict:
+    """Runs one job (a dict from `jobs`) in this process and returns its timings and peak memory."""
+    kind, side = job["kind"], job["side"]
+    common = dict(warmup=job["warmup"], repeats=job["repeats"]) | ({"impl": job["impl"]} if side == "ours" else {})
+    if kind == "train":
+        fn = ours_train if side == "ours" else timm_train
+        result = fn(job["model"], job["size"], job["batch"], job["dtype"], **common)
+    elif kind in ("infer", "latency"):
+        fn = ours_infer if side == "ours" else timm_infer
+        result = fn(job["model"], job["fused"], job["size"], job["batch"], job["dtype"], **common)
+    else:
+        fn = ours_pipeline if side == "ours" else timm_pipeline
+        return fn(job["workers"], job["batch"], job["images"], job["repeats"])
+    peak = ours_peak_memory() if side == "ours" else timm_peak_memory()
+    return result | {"peak_bytes": peak}
+
+
+def inference_variants(models: list[str]) -> list[tuple[str, str, bool]]:
+    """(label, registry name, fused): V3 both deployed (fused) and multi-branch, to show what fusion buys."""
+    variants = []
+    for model in models:
+        if model.startswith("ghostnetv3"):
+            variants += [(f"{model} fused", model, True), (f"{model} multi-branch", model, False)]
+        else:
+            variants.append((model, model, False))
+    return variants
+
+
+def jobs(args: argparse.Namespace) -> list[dict]:
+    """Every (setting, side) pair to measure, ours first then timm's for each setting."""
+    settings = []
+    base = dict(dtype=args.dtype, warmup=args.warmup, repeats=args.repeats, impl=args.impl)
+    if "train" in args.suites:
+        for model in args.models:
+            for size in args.train_sizes:
+                label = f"train {model} {size}px b{args.batch}"
+                settings.append(dict(base, kind="train", label=label, model=model, size=size, batch=args.batch))
+    for kind, batch in (("infer", args.batch), ("latency", 1)):
+        if kind in args.suites:
+            for label, model, fused in inference_variants(args.models):
+                label = f"{kind} {label} {args.infer_size}px b{batch}"
+                settings.append(
+                    dict(base, kind=kind, label=label, model=model, fused=fused, size=args.infer_size, batch=batch)
+                )
+    if "pipeline" in args.suites:
+        settings.append(
+            dict(base, kind="pipeline", label=f"input pipeline 224px, {args.workers} workers", workers=args.workers,
+                 batch=32, images=args.pipeline_images, repeats=args.pipeline_repeats)
+        )
+    return [dict(setting, side=side) for setting in settings for side in ("ours", "timm")]
+
+
+def run_job(job: dict, timeout: int) -> dict:
+    """`measure(job)` in a fresh Python process; an error or timeout is recorded, not raised."""
+    command = [sys.executable, "-m", "experiments.benchmark", "--job", json.dumps(job)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parent.parent)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def throughput(job: dict, result: dict) -> tuple[float, float, float]:
+    """(median, worst, best) in the row's unit: img/s (per worker for the pipeline), or ms for latency."""
+    if job["kind"] == "latency":
+        return tuple(1000 * result[k] for k in ("median_s", "max_s", "min_s"))
+    images = result.get("images", job["batch"]) / (job["workers"] if job["kind"] == "pipeline" else 1)
+    return tuple(images / result[k] for k in ("median_s", "max_s", "min_s"))
+
+
+def table(rows: list[dict]) -> str:
+    unit = {"train": "img/s", "infer": "img/s", "latency": "ms", "pipeline": "img/s per core"}
+    lines = [
+        "| measurement | unit | ghostnet_jax | timm | ratio | first call (ours / timm) | peak memory (ours / timm) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        ours, theirs = row["ours"], row["timm"]
+        if "error" in ours or "error" in theirs:
+            lines.append(f"| {row['label']} | | {ours.get('error', '')} | {theirs.get('error', '')} | | | |")
+            continue
+        a, b = row["ours_value"], row["timm_value"]
+        ratio = b[0] / a[0] if row["kind"] == "latency" else a[0] / b[0]  # > 1: ours is better
+        memory = " / ".join(f"{r['peak_bytes'] / 2**20:.0f} MiB" if "peak_bytes" in r else "-" for r in (ours, theirs))
+        lines.append(
+            f"| {row['label']} | {unit[row['kind']]} | {a[0]:.1f} ({a[1]:.1f}..{a[2]:.1f}) | "
+            f"{b[0]:.1f} ({b[1]:.1f}..{b[2]:.1f}) | {ratio:.2f}x | "
+            f"{ours['first_s']:.1f} s / {theirs['first_s']:.1f} s | {memory} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--suites", default="train,infer,latency,pipeline", type=lambda s: s.split(","))
+    parser.add_argument("--models", default=",".join(TRAIN_MODELS), type=lambda s: s.split(","))
+    parser.add_argument("--train-sizes", default=f"224,{OFFLINE_SIZE}", type=lambda s: [int(v) for v in s.split(",")])
+    parser.add_argument("--infer-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="input pipeline threads / workers")
+    parser.add_argument("--pipeline-images", type=int, default=256)
+    parser.add_argument("--pipeline-repeats", type=int, default=3)
+    parser.add_argument("--impl", default="auto", choices=["auto", "xla"], help="ghostnet_jax conv implementation")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
+    parser.add_argument("--out", type=Path, help="write <out>.md and <out>.json")
+    parser.add_argument("--job", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.job:
+        print("RESULT " + json.dumps(measure(json.loads(args.job))), flush=True)
+        return
+    os.environ.setdefault("JAX_PLATFORMS", "cuda" if args.device == "gpu" else "cpu")
+    rows: dict[str, dict] = {}
+    for job in jobs(args):
+        result = run_job(job, args.timeout)
+        row = rows.setdefault(job["label"], {"label": job["label"], "kind": job["kind"]})
+        row[job["side"]] = result
+        if "error" not in result:
+            row[f"{job['side']}_value"] = throughput(job, result)
+        print(f"{job['label']} [{job['side']}]: {result}", file=sys.stderr, flush=True)
+    header = (
+        f"{time.strftime('%Y-%m-%d')}, {args.device} ({os.cpu_count()} cores), {args.dtype}, median of "
+        f"{args.repeats} (worst..best); ratio > 1 means ghostnet_jax is faster.\n"
+        f"Command: python -m experiments.benchmark {' '.join(sys.argv[1:])}\n"
+    )
+    markdown = header + "\n" + table(list(rows.values()))
+    print(markdown)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".md").write_text(markdown + "\n")
+        args.out.with_suffix(".json").write_text(json.dumps(list(rows.values()), indent=1))
+
+
+if __name__ == "__main__":
+    main()
