@@ -1,0 +1,47 @@
+"""Scales: the overrides every run of a scale shares, where its runs and results go, and its teacher.
+
+`fashion` is sized for a 2-core CPU (a V3 0.5x epoch at 40 px takes a few minutes): one epoch of
+Fashion-MNIST per arm, evaluated four times for the curves, without RandAugment or erasing (as the
+offline preset: too short a training for them; the augmentation arms measure it). `imagenet` is the
+papers' setting: the full recipe of configs/v3.py (600 epochs at 224 px, RandAugment and erasing) with a
+teacher given by `--teacher`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from experiments.arms import augmentation
+
+TEACHER_CONFIG = "configs/v1.py"
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    preset: str | None  # of every config file, e.g. configs/v3.py:fashion_mnist
+    shared: dict[str, Any]  # overrides of every arm and the teacher: budget and baseline augmentation
+    teacher_budget: dict[str, Any] | None  # the teacher's own (on top of `shared`); None: no teacher is trained
+    root: str  # default run directory
+    results: str  # default report directory
+
+
+SCALES: dict[str, Scale] = {
+    "fashion": Scale(
+        preset="fashion_mnist",
+        shared={
+            "data.image_size": 40, "num_epochs": 1.0, "eval_every_epochs": 0.25,
+            **augmentation(randaugment=False, erasing=False),
+        },
+        teacher_budget={"num_epochs": 3.0},
+        root="experiments/runs/fashion_mnist",
+        results="experiments/results/fashion_mnist",
+    ),
+    "imagenet": Scale(
+        preset=None,
+        shared=augmentation(randaugment=True, erasing=True),
+        teacher_budget=None,
+        root="experiments/runs/imagenet",
+        results="experiments/results/imagenet",
+    ),
+}

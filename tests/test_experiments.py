@@ -1,0 +1,229 @@
+"""The ablation suite: its arms, claims, run plans and verdict rule, the report on synthetic results, and the
+driver and report end to end on mock data (2 arms x 1 seed, one step each)."""
+
+import json
+import math
+import shlex
+import subprocess
+
+import pytest
+import tensorflow_datasets as tfds
+from absl import flags
+from ml_collections import config_flags
+
+from experiments import report, run
+from experiments.arms import ARMS, RECIPE, WIDTH_SERIES, augmentation
+from experiments.claims import CLAIMS
+from experiments.records import METRICS, REPO, RUN_INFO, TEACHER, eval_records, run_dir
+from experiments.scales import SCALES
+from experiments.stats import AGREES, DISAGREES, INCONCLUSIVE, NOT_RUN, difference, overall
+from ghostnet_jax.checkpoint import model_spec, save_model
+from ghostnet_jax.models import create_model
+from ghostnet_jax.summary import count_params
+from ghostnet_jax.training.optim import learning_rate_schedule
+
+ARMS_UNDER_TEST = ("v1", "v2")  # V1 and V2 at width 0.5: cheap to compile, both distil, and one claim compares them
+MODELS_UNDER_TEST = {"v1": ("ghostnet_050", {}), "v2": ("ghostnetv2_100", {"width": 0.5})}
+FASHION_STEPS_PER_EPOCH = 60000 // 128  # Fashion-MNIST's training split at the preset's batch size
+
+
+def test_every_arm_sets_every_factor_and_every_claim_names_real_arms(tmp_path):
+    factors = set(RECIPE) | set(augmentation(randaugment=True, erasing=True))
+    for scale in SCALES:
+        for planned in run.plan_runs(list(ARMS), [0], scale=scale, root=tmp_path, teacher="t", extra={}):
+            assert factors <= set(planned.overrides), (scale, planned.arm)
+    for arm in ARMS.values():
+        if arm.overrides["model.name"].startswith("ghostnetv3"):
+            assert {"model.num_conv_branches", "model.scale_branch", "model.identity_branch"} <= set(arm.overrides)
+    assert [name for name, arm in ARMS.items() if not arm.distils] == ["kd_off"]
+    named = {name for claim in CLAIMS for c in claim.comparisons for name in (c.better, c.worse)}
+    assert named | {name for names in WIDTH_SERIES.values() for name in names} == set(ARMS)
+
+
+def test_readme_lists_every_arm_with_its_command_and_every_claim():
+    readme = (REPO / "experiments" / "README.md").read_text()
+    for name, arm in ARMS.items():
+        assert f"| {name} | {arm.group} |" in readme and f"`python -m experiments.run --arms {name}`" in readme, name
+    for claim in CLAIMS:
+        assert f"| {claim.statement} | {claim.paper} |" in readme, claim.key
+
+
+def test_step_decay_ends_at_the_cosine_schedules_final_lr():
+    runs = {r.arm: r for r in run.plan_runs(["baseline", "step_decay"], [0], scale="fashion", root=REPO / "unused",
+                                            teacher="unused", extra={})}
+    ends = {}
+    for name in ("baseline", "step_decay"):
+        config = runs[name].config()
+        schedule = learning_rate_schedule(config.optim, FASHION_STEPS_PER_EPOCH, config.num_epochs)
+        ends[name] = float(schedule(math.ceil(config.num_epochs * FASHION_STEPS_PER_EPOCH) - 1))
+        after_warmup = round(config.optim.warmup_epochs * FASHION_STEPS_PER_EPOCH)  # the first step at the peak
+        assert float(schedule(after_warmup)) == pytest.approx(config.optim.lr)
+    assert ends["step_decay"] == pytest.approx(ends["baseline"], rel=0.05)
+
+
+def test_fashion_scale_trains_the_teacher_first_for_every_distilling_arm(tmp_path):
+    runs = run.plan_runs(["kd_off", "v1"], [0, 1], scale="fashion", root=tmp_path, teacher=None, extra={})
+    assert [(r.arm, r.seed) for r in runs] == [(TEACHER, 0), ("kd_off", 0), ("v1", 0), ("kd_off", 1), ("v1", 1)]
+    teacher = runs[0]
+    assert teacher.config_file == "configs/v1.py" and teacher.workdir == tmp_path / TEACHER
+    assert teacher.config().num_epochs == 3.0 and runs[1].config().num_epochs == 1.0
+    assert [r.overrides.get("distill.teacher") for r in runs[1:]] == [None, str(tmp_path / TEACHER / "checkpoints")] * 2
+    assert run.plan_runs(["kd_off"], [0], scale="fashion", root=tmp_path, teacher=None, extra={})[0].arm == "kd_off"
+
+
+def test_imagenet_scale_builds_full_recipe_commands_with_the_given_teacher(tmp_path):
+    runs = run.plan_runs(["baseline", "kd_off"], [0, 1], scale="imagenet", root=tmp_path, teacher="/ckpt/teacher",
+                         extra={"data.data_dir": "/data"})
+    assert [(r.arm, r.seed) for r in runs] == [("baseline", 0), ("kd_off", 0), ("baseline", 1), ("kd_off", 1)]
+    baseline = runs[0].command()
+    assert baseline.startswith("python -m ghostnet_jax.main --config configs/v3.py --workdir ")
+    assert "--config.distill.teacher=/ckpt/teacher" in baseline and "--config.data.data_dir=/data" in baseline
+    assert "distill.teacher" not in runs[1].overrides and runs[1].config().num_epochs == 600
+    with pytest.raises(ValueError, match="pass --teacher"):
+        run.plan_runs(["baseline"], [0], scale="imagenet", root=tmp_path, teacher=None, extra={})
+    with pytest.raises(ValueError, match="'distill.alpha' is set by arm 'baseline'"):
+        run.plan_runs(["baseline"], [0], scale="imagenet", root=tmp_path, teacher="t", extra={"distill.alpha": 0.0})
+
+
+def test_each_runs_equivalent_command_builds_the_same_config(monkeypatch):
+    monkeypatch.chdir(REPO)
+    for planned in run.plan_runs(["v2", "step_decay", "aug_none"], [1], scale="fashion", root=REPO / "unused",
+                                 teacher=None, extra={"data.crop_scale": (0.6, 1.0)}):
+        argv = shlex.split(planned.command())[2:]  # drop 'python -m': the module is argv[0]
+        flag_values = flags.FlagValues()
+        config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, sys_argv=argv)
+        flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
+        flag_values(argv)
+        assert flag_values.config.to_dict() == planned.config().to_dict(), planned.arm
+        assert flag_values.workdir == str(planned.workdir)
+
+
+def test_verdict_rule():
+    same_seeds = {0: 0.80, 1: 0.81, 2: 0.82}
+    assert difference({s: v + 0.05 for s, v in same_seeds.items()}, same_seeds, paired=False).verdict == AGREES
+    assert difference(same_seeds, {s: v + 0.05 for s, v in same_seeds.items()}, paired=False).verdict == DISAGREES
+    assert difference({s: v + 0.005 for s, v in same_seeds.items()}, same_seeds, paired=False).verdict == INCONCLUSIVE
+    paired = difference({s: v + 0.005 for s, v in same_seeds.items()}, same_seeds, paired=True)
+    assert paired.verdict == AGREES and paired.diff == pytest.approx(0.005)
+    assert paired.se == pytest.approx(0.0, abs=1e-12)
+    assert difference({0: 0.9}, {0: 0.1}, paired=False).verdict == INCONCLUSIVE  # one seed: no spread
+    assert difference({}, same_seeds, paired=False).verdict == NOT_RUN
+    assert overall([AGREES, AGREES]) == AGREES and overall([AGREES, INCONCLUSIVE]) == INCONCLUSIVE
+    assert overall([AGREES, DISAGREES]) == "mixed" and overall([NOT_RUN, DISAGREES]) == DISAGREES
+
+
+def synthetic_arm(name, ema_top1, top1=None, started=None):
+    """An arm's finished runs with the given final accuracies (one per seed), without training anything."""
+    top1 = top1 or ema_top1
+    (planned,) = run.plan_runs([name], [0], scale="fashion", root=REPO / "unused", teacher="unused", extra={})
+    overrides = planned.overrides  # what the driver records: derived values resolved
+    info = {"scale": "fashion", "overrides": overrides, "command": "python -m ghostnet_jax.main ...",
+            "attempts": [{"commit": "0123456789abcdef", "dirty": False, "wall_seconds": 90.0}]}
+    runs = [report.RunResult(seed, {"step": 100, "ema_top1": e, "top1": t}, [(50, e / 2), (100, e)], info,
+                             {"data": {"image_size": 40}}) for seed, (e, t) in enumerate(zip(ema_top1, top1))]
+    costs = {"model": ARMS[name].overrides["model.name"], "overrides": {}, "image_size": 40, "params": 1000,
+             "macs": 2_000_000}
+    return report.ArmResult(name, started or len(runs), overrides, runs, costs)
+
+
+def test_report_states_each_verdict_with_its_numbers(tmp_path):
+    arms = {arm.name: arm for arm in [
+        synthetic_arm("baseline", [0.80, 0.81, 0.82], top1=[0.78, 0.79, 0.80]),
+        synthetic_arm("kd_off", [0.70, 0.71, 0.72]),
+        synthetic_arm("step_decay", [0.90, 0.91, 0.92]),
+        synthetic_arm("v3_n1", [0.805, 0.815], started=3),
+    ]}
+    text = report.markdown(tmp_path, tmp_path, arms, report.judge_claims(arms), teacher=None)
+    assert "| baseline | baseline | " in text and "| 3 | 81.00 ± 1.00 | 79.00 ± 1.00 | 1.5 | 0123456789 |" in text
+    assert "| 2 of 3 | 81.00 ± 0.71 |" in text
+    assert "**knowledge distillation helps** (GhostNetV3): **agrees**" in text
+    assert "- `baseline − kd_off`: +10.00 pp (SE 0.82, needs > 2 SE; unpaired; n = 3 vs 3) → **agrees**" in text
+    assert "**cosine learning-rate decay beats step decay** (GhostNetV3): **disagrees**" in text
+    assert "- `baseline: ema_top1 − top1`: +2.00 pp (SE 0.00, needs > 2 SE; paired over seeds; n = 3 vs 3)" in text
+    assert "- `baseline − v3_n1`: +0.00 pp (SE 0.76, needs > 2 SE; unpaired; n = 3 vs 2), fewer than 3 seeds →" in text
+    assert "**N=3 parallel branches is best** (GhostNetV3): **inconclusive**" in text
+    assert "| step_decay | optim.schedule='step'; optim.decay_epochs=0.09; optim.decay_rate=0.4297" in text
+    report.write_figures(arms, tmp_path)
+    assert (tmp_path / "curves.png").stat().st_size > 5000 and (tmp_path / "acc_vs_macs.png").stat().st_size > 5000
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    """Runs the driver twice (the second finds everything finished) and the report, on mock Fashion-MNIST.
+
+    One step per arm: compiling a train step takes minutes on a 2-core CPU, so the teacher is a saved
+    untrained network (`--teacher`) rather than a third training run; test_fashion_scale_trains_the_teacher_first
+    checks the plan that trains one."""
+    root, out = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("results")
+    teacher = tmp_path_factory.mktemp("teacher") / "checkpoints"
+    model = create_model("ghostnet_050", num_classes=10, in_chans=1)
+    save_model(teacher, model, model_spec("ghostnet_050", num_classes=10, overrides={"in_chans": 1}, fused=False))
+    args = ["--arms", ",".join(ARMS_UNDER_TEST), "--seeds", "0", "--root", str(root), "--teacher", str(teacher),
+            f"data.data_dir={tmp_path_factory.mktemp('tfds')}", "data.num_train=8", "data.num_eval=16",
+            "data.image_size=36", "batch_size=8", "log_every_steps=1"]
+    with tfds.testing.mock_data(num_examples=16):
+        run.main(args)
+        first = {path: path.read_bytes() for path in root.rglob("*") if path.name in (METRICS, RUN_INFO)}
+        run.main(args)
+        second = {path: path.read_bytes() for path in root.rglob("*") if path.name in (METRICS, RUN_INFO)}
+    report.main(["--root", str(root), "--out", str(out)])
+    return root, out, teacher, first, second
+
+
+def test_rerunning_the_driver_skips_finished_runs(suite):
+    root, _, _, first, second = suite
+    assert first == second
+    assert sorted(str(path.relative_to(root)) for path in first) == sorted(
+        f"{name}/seed0/{file}" for name in ARMS_UNDER_TEST for file in (METRICS, RUN_INFO)
+    )
+
+
+def test_runs_record_their_commit_command_and_teacher(suite):
+    root, _, teacher, *_ = suite
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    for name in ARMS_UNDER_TEST:
+        info = json.loads((run_dir(root, name, 0) / RUN_INFO).read_text())
+        (attempt,) = info["attempts"]
+        assert attempt["commit"] == head and attempt["completed"] and attempt["wall_seconds"] > 0
+        assert info["final_step"] == 1 and info["overrides"]["model.name"] == ARMS[name].overrides["model.name"]
+        config = json.loads((run_dir(root, name, 0) / "config.json").read_text())
+        assert config["distill"]["teacher"] == str(teacher) and config["data"]["randaugment"] == ""  # the scale's
+        assert f"--config.distill.teacher={teacher}" in info["command"] and "--config.seed=0" in info["command"]
+
+
+def test_report_table_holds_the_runs_final_metrics_and_costs(suite):
+    root, out, *_ = suite
+    results = json.loads((out / "results.json").read_text())
+    table = (out / "results.md").read_text()
+    assert set(results["arms"]) == set(ARMS_UNDER_TEST) and results["teacher"] is None
+    for name in ARMS_UNDER_TEST:
+        (final,) = eval_records(run_dir(root, name, 0))
+        arm = results["arms"][name]
+        assert arm["ema_top1"] == {"mean": final["ema_top1"], "std": None, "n": 1}
+        assert arm["top1"] == {"mean": final["top1"], "std": None, "n": 1}
+        assert arm["runs"][0]["final"] == {k: v for k, v in final.items() if k != "kind"}
+        model, overrides = MODELS_UNDER_TEST[name]
+        assert arm["costs"]["params"] == count_params(create_model(model, num_classes=10, in_chans=1, **overrides))
+        (row,) = [line for line in table.splitlines() if line.startswith(f"| {name} | {ARMS[name].group} |")]
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[3] == model + "".join(f" {k}={v}" for k, v in overrides.items())
+        assert cells[4] == f"{arm['costs']['params']:,}"
+        assert cells[6:9] == ["1", f"{100 * final['ema_top1']:.2f}", f"{100 * final['top1']:.2f}"]
+    verdicts = {claim["key"]: claim for claim in results["claims"]}
+    assert set(verdicts) == {claim.key for claim in CLAIMS}
+    assert verdicts["ema"]["verdict"] == NOT_RUN
+    # V2 - V1 is computed, but one seed has no spread: inconclusive, with the difference in the line.
+    dfc = verdicts["dfc"]
+    assert dfc["verdict"] == INCONCLUSIVE and [c["verdict"] for c in dfc["comparisons"]] == [INCONCLUSIVE, NOT_RUN]
+    v2_v1 = results["arms"]["v2"]["ema_top1"]["mean"] - results["arms"]["v1"]["ema_top1"]["mean"]
+    assert dfc["comparisons"][0]["diff"] == v2_v1
+    assert f"- `v2 − v1`: {100 * v2_v1:+.2f} pp (no spread with fewer than 2 seeds" in table
+    for claim in CLAIMS:
+        assert f"**{claim.statement}** ({claim.paper}): **{verdicts[claim.key]['verdict']}**" in table
+
+
+def test_report_writes_both_figures(suite):
+    _, out, *_ = suite
+    for name in ("curves.png", "acc_vs_macs.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 5000
