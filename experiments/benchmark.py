@@ -233,25 +233,27 @@ def ours_pipeline(workers: int, batch: int, count: int, repeats: int) -> dict:
     data.num_parallel_calls = workers
     transform = train_transform(data, channels=3)
     jpegs = synthetic_jpegs(count)
-    ds = tf.data.Dataset.from_tensor_slices({"image": jpegs, "label": np.zeros(count, np.int64)}).enumerate()
+    ds = tf.data.Dataset.from_tensor_slices({"image": jpegs, "label": np.zeros(count, np.int64)}).repeat().enumerate()
     ds = ds.map(lambda i, ex: transform(ex, tf.stack([i, tf.constant(0, tf.int64)])), num_parallel_calls=workers)
     options = tf.data.Options()
     options.threading.private_threadpool_size = workers
     options.threading.max_intra_op_parallelism = 1
-    ds = ds.batch(batch).repeat().with_options(options)
+    ds = ds.batch(batch).with_options(options)
+    batches = max(count // batch, 1)
 
     def epochs():
-        """One epoch per next(): timm's loader's batches, the last one partial. The iterator is created in the first
-        call and kept, as timm's loader keeps its workers (persistent_workers=True): creating one instantiates and
-        graph-optimises the map function, a start-up cost that a training run pays once."""
+        """One epoch of full batches per next(). The stream is endless and read through one iterator, as
+        `train_batches` reads its stream and as timm's loader keeps its workers (persistent_workers=True): creating an
+        iterator, or the map's at each pass over a finite dataset, instantiates the map function again (kernels,
+        graph optimisation), a start-up cost that a training run pays once."""
         iterator = ds.as_numpy_iterator()
         while True:
-            for _ in range(-(-count // batch)):
+            for _ in range(batches):
                 next(iterator)
             yield
 
     epoch = epochs()
-    return timed(lambda: next(epoch), 0, repeats) | {"images": count}
+    return timed(lambda: next(epoch), 0, repeats) | {"images": batches * batch}
 
 
 class _JpegDataset:
