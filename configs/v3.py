@@ -23,5 +23,5 @@ def _fashion_mnist(config: ml_collections.ConfigDict) -> None:
     """GhostNetV3 0.5x distilled from the teacher that `configs/v1.py:fashion_mnist` trains (2 epochs)."""
     fashion_mnist(config)
     config.model.name = "ghostnetv3_050"
-    config.num_epochs = 2.5
+    config.num_epochs = 3.0
     config.distill.teacher = "runs/fashion_mnist/teacher/checkpoints"
