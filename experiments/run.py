@@ -35,6 +35,7 @@ from ghostnet_jax.data.pipeline import dataset_info
 from ghostnet_jax.training.loop import train_and_evaluate
 
 RESERVED = ("seed", "distill.teacher")  # set by --seeds and --teacher
+COMPILATION_CACHE = "jax_cache"  # under the run directory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +139,8 @@ def run_suite(arm_names: Sequence[str], seeds: Sequence[int] = SEEDS, *, scale: 
               dry_run: bool = False) -> list[Run]:
     """Plans and (unless `dry_run`, which prints each run's equivalent command) trains the runs."""
     root = Path(root or SCALES[scale].root).absolute()
+    if not dry_run:  # the seeds of an arm compile the same programs: compile them once
+        jax.config.update("jax_compilation_cache_dir", str(root / COMPILATION_CACHE))
     runs = plan_runs(arm_names, seeds, scale=scale, root=root, teacher=teacher, extra=extra or {})
     failures, trained = [], 0
     for run in runs:

@@ -131,11 +131,11 @@ def run_one_step(devices, images, labels, config):
     schedule = optax.constant_schedule(0.1)
     tx = create_optimizer(config.optim, schedule)
     state = create_train_state(params, batch_stats, tx, seed=0)
-    step = make_train_step(graphdef, rest, tx, schedule, config, 10, teacher_graphdef)
-    p_step = jax.pmap(step, axis_name=AXIS, in_axes=(None, None, 0), out_axes=None, devices=devices)
+    step = make_train_step(graphdef, tx, schedule, config, 10, teacher_graphdef)
+    p_step = jax.pmap(step, axis_name=AXIS, in_axes=(None, None, None, 0), out_axes=None, devices=devices)
     n = len(devices)
     batch = {"image": images.reshape(n, -1, *images.shape[1:]), "label": labels.reshape(n, -1)}
-    return p_step(state, teacher_variables, batch)
+    return p_step(state, rest, teacher_variables, batch)
 
 
 def test_pmapped_step_on_two_devices_equals_one_device_on_the_global_batch():

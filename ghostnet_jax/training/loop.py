@@ -161,8 +161,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         return metrics
 
     teacher_graphdef, teacher_variables = load_teacher(config, info.num_classes, info.channels)
-    train_step = make_train_step(graphdef, rest, tx, schedule, config, info.num_classes, teacher_graphdef)
-    p_train_step = jax.pmap(train_step, axis_name=AXIS, in_axes=(None, None, 0), out_axes=None, donate_argnums=(0,))
+    train_step = make_train_step(graphdef, tx, schedule, config, info.num_classes, teacher_graphdef)
+    p_train_step = jax.pmap(
+        train_step, axis_name=AXIS, in_axes=(None, None, None, 0), out_axes=None, donate_argnums=(0,)
+    )
     batches = prefetch_to_device(
         train_batches(config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step)
     )
@@ -172,7 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     metrics: dict[str, float] = {}
     try:
         for step in range(start_step, total_steps):
-            state, step_metrics = p_train_step(state, teacher_variables, next(batches))
+            state, step_metrics = p_train_step(state, rest, teacher_variables, next(batches))
             done = step + 1
             if done % config.log_every_steps == 0 or done == total_steps:
                 values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}

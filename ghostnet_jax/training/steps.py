@@ -25,14 +25,17 @@ def top_k_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
 def make_train_step(
     graphdef: nnx.GraphDef,
-    rest: nnx.State,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     config: ml_collections.ConfigDict,
     num_classes: int,
     teacher_graphdef: nnx.GraphDef | None = None,
 ) -> Callable:
-    """Returns step(state, teacher_variables, batch) -> (state, metrics), to be pmapped over AXIS.
+    """Returns step(state, rest, teacher_variables, batch) -> (state, metrics), to be pmapped over AXIS.
+
+    `rest` is the model's non-trainable, non-BatchNorm state (its RNG key, read but not used: dropout draws from
+    the state's key). It is an argument, not a closed-over constant, so runs that differ only in their seed lower to
+    the same program and share one compilation through JAX's persistent cache.
 
     The student runs in train mode; the teacher (if any) in eval mode on the same augmented batch under
     stop_gradient. Gradients, metrics and BatchNorm statistics are averaged across devices, so the state
@@ -40,7 +43,7 @@ def make_train_step(
     """
     use_mixup = config.mixup.mixup_alpha > 0 or config.mixup.cutmix_alpha > 0
 
-    def step(state: TrainState, teacher_variables, batch):
+    def step(state: TrainState, rest: nnx.State, teacher_variables, batch):
         rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
         mix_rng, dropout_rng = jax.random.split(rng)
         images = batch["image"]
