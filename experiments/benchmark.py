@@ -65,8 +65,12 @@ def ours_model(name: str, impl: str):
     return model
 
 
-def ours_train(name: str, size: int, batch: int, dtype: str, impl: str, warmup: int, repeats: int) -> dict:
-    """A jitted SGD (Nesterov) step: train-mode forward, cross-entropy, backward, update; state donated."""
+def build_ours_train(name: str, size: int, batch: int, dtype: str, impl: str) -> tuple[Callable, Callable]:
+    """A jitted SGD (Nesterov) step: train-mode forward, cross-entropy, backward, update; state donated.
+
+    Returns a function that runs one step on a fixed batch (compiling on the first call), and one that gives the
+    compiled program's HLO text.
+    """
     import jax
     import jax.numpy as jnp
     import optax
@@ -99,7 +103,11 @@ def ours_train(name: str, size: int, batch: int, dtype: str, impl: str, warmup: 
     def run():
         carry[0] = jax.block_until_ready(step(carry[0], images, labels))
 
-    return timed(run, warmup, repeats)
+    return run, lambda: step.lower(carry[0], images, labels).compile().as_text()
+
+
+def ours_train(name: str, size: int, batch: int, dtype: str, impl: str, warmup: int, repeats: int) -> dict:
+    return timed(build_ours_train(name, size, batch, dtype, impl)[0], warmup, repeats)
 
 
 def ours_infer(name: str, fused: bool, size: int, batch: int, dtype: str, impl: str, warmup: int, repeats: int) -> dict:

@@ -28,3 +28,23 @@ def test_benchmark_runs_both_sides_and_tabulates_the_measured_ratios(tmp_path, m
             ratio = row["timm_value"][0] / row["ours_value"][0]
         line = next(line for line in markdown.splitlines() if line.startswith(f"| {label} |"))
         assert re.search(rf"\| {ratio:.2f}x \|", line), line
+
+
+def test_profile_attributes_traced_time_to_the_compiled_instructions(tmp_path):
+    """The profiler's op events carry the compiled HLO's instruction names, and each gets a category."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.profile_step import hlo_summaries, op_times
+
+    step = jax.jit(lambda a, b: jnp.tanh(a @ b).sum(axis=0) + jnp.exp(b).sum(axis=1))
+    a, b = jnp.ones((256, 128)), jnp.ones((128, 128))
+    step(a, b).block_until_ready()
+    summaries = hlo_summaries(step.lower(a, b).compile().as_text())
+    with jax.profiler.trace(str(tmp_path)):
+        for _ in range(3):
+            step(a, b).block_until_ready()
+    traced = {name: ps for name, ps in op_times(tmp_path).items() if name in summaries}
+    assert traced and all(ps > 0 for ps in traced.values())
+    categories = {summaries[name].category for name in traced}
+    assert "reduce" in categories and categories <= {"reduce", "dot", "convolution", "elementwise", "copy", "tuple"}
