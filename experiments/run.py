@@ -17,7 +17,6 @@ import dataclasses
 import datetime
 import gc
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ from experiments.overrides import apply_overrides, load_config, main_command, pa
 from experiments.records import CONFIG, RUN_INFO, TEACHER, final_eval, git_state, read_json, run_dir, write_json
 from experiments.scales import SCALES, TEACHER_CONFIG
 from ghostnet_jax.data.pipeline import dataset_info
-from ghostnet_jax.training.loop import train_and_evaluate
+from ghostnet_jax.training.loop import step_counts, train_and_evaluate
 
 RESERVED = ("seed", "distill.teacher")  # set by --seeds and --teacher
 COMPILATION_CACHE = "jax_cache"  # under the run directory
@@ -87,12 +86,6 @@ def plan_runs(arm_names: Sequence[str], seeds: Sequence[int], *, scale: str, roo
     return runs
 
 
-def final_step(config: ml_collections.ConfigDict) -> int:
-    """The step `train_and_evaluate` ends at, by the same arithmetic as the loop."""
-    total = int(math.ceil(config.num_epochs * (dataset_info(config.data).num_train // config.batch_size)))
-    return total if config.max_steps is None else min(total, config.max_steps)
-
-
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -103,7 +96,7 @@ def execute(run: Run, scale: str) -> bool:
     config_file = run.workdir / CONFIG
     if config_file.exists() and config_file.read_text() != config.to_json_best_effort(indent=2):
         raise ValueError(f"{run.workdir} holds a run of another config: delete it or choose another --root")
-    end_step = final_step(config)
+    end_step = step_counts(config, dataset_info(config.data).num_train)[1]
     if final_eval(run.workdir, end_step) is not None:
         print(f"{run.arm} seed {run.seed}: finished at step {end_step}, skipped", flush=True)
         return False

@@ -54,6 +54,11 @@ def _tap(padded: jax.Array, i: int, j: int, stride: int, out_h: int, out_w: int)
     return jax.lax.slice(padded, (0, i, j, 0), limit, (1, stride, stride, 1))
 
 
+def _pad(x: jax.Array, padding) -> jax.Array:
+    """x zero-padded spatially by ((top, bottom), (left, right))."""
+    return jnp.pad(x, ((0, 0), *padding, (0, 0)))
+
+
 def _shift_add(padded: jax.Array, kernel: jax.Array, stride: int, out_h: int, out_w: int) -> jax.Array:
     """sum over taps (i, j) of _tap(i, j) * kernel[i, j, 0]."""
     kh, kw = kernel.shape[:2]
@@ -78,13 +83,13 @@ def _depthwise_forward(x, kernel, stride, padding):
     _, h, w, _ = x.shape
     kh, kw = kernel.shape[:2]
     out_h, out_w = (h + top + bottom - kh) // stride + 1, (w + left + right - kw) // stride + 1
-    padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    padded = _pad(x, padding)
     return _shift_add(padded, kernel, stride, out_h, out_w), (x, kernel)
 
 
 def _depthwise_backward(stride, padding, residuals, grad):
     x, kernel = residuals
-    (top, bottom), (left, right) = padding
+    (top, _), (left, _) = padding
     _, h, w, _ = x.shape
     kh, kw = kernel.shape[:2]
     out_h, out_w = grad.shape[1:3]
@@ -99,9 +104,9 @@ def _depthwise_backward(stride, padding, residuals, grad):
         (0, 0, 0),
     ))
     grad_x = _shift_add(spread, kernel[::-1, ::-1], 1, h, w)
-    padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    padded = _pad(x, padding)
     # One variadic reduction for all taps: XLA reads the input and gradient once, where a sum per tap
-    # materialises every shifted input (1.6-4.7x slower per layer on CPU).
+    # materialises every shifted input.
     products = [_tap(padded, i, j, stride, out_h, out_w) * grad for i in range(kh) for j in range(kw)]
     zeros = [jnp.zeros((), grad.dtype)] * len(products)
     sums = jax.lax.reduce(products, zeros, lambda a, b: [u + v for u, v in zip(a, b)], (0, 1, 2))

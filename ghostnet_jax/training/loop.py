@@ -115,6 +115,18 @@ def _all_finite(tree) -> bool:
     return bool(jax.device_get(jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda x: jnp.isfinite(x).all(), tree))))
 
 
+def step_counts(config: ml_collections.ConfigDict, num_train: int) -> tuple[int, int]:
+    """(steps per epoch, the step training ends at): whole batches per epoch, `num_epochs` of them, capped
+    by `max_steps`."""
+    steps_per_epoch = num_train // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"config.batch_size={config.batch_size} exceeds the {num_train} training examples")
+    total_steps = int(math.ceil(config.num_epochs * steps_per_epoch))
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    return steps_per_epoch, total_steps
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
     """Trains (or with mode='eval' evaluates) as `config` says, in `workdir`; returns the final metrics."""
     validate_config(config)
@@ -132,12 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     graphdef, params, batch_stats, rest = split_model(model)
     spec = model_spec(config.model.name, num_classes=info.num_classes, overrides=overrides, fused=False)
 
-    steps_per_epoch = info.num_train // config.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"config.batch_size={config.batch_size} exceeds the {info.num_train} training examples")
-    total_steps = int(math.ceil(config.num_epochs * steps_per_epoch))
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    steps_per_epoch, total_steps = step_counts(config, info.num_train)
     schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.num_epochs)
     tx = create_optimizer(config.optim, schedule)
     state = create_train_state(params, batch_stats, tx, config.seed)
