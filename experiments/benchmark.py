@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 TRAIN_MODELS = ("ghostnet_100", "ghostnetv2_100", "ghostnetv3_100")
-OFFLINE_SIZE = 48  # the fashion_mnist preset's input size (one channel there; three here, like timm's models)
+OFFLINE_SIZE = 40  # the fashion_mnist preset's input size (one channel there; three here, like timm's models)
 NUM_CLASSES = 1000
 
 
@@ -58,9 +58,11 @@ def random_images(batch: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def ours_model(name: str, impl: str):
-    from ghostnet_jax.models import create_model
+    from ghostnet_jax.models import allowed_overrides, create_model
 
-    model = create_model(name, num_classes=NUM_CLASSES)
+    # timm upsamples the DFC gate by 'nearest': compare the same network, not our 'bilinear' default.
+    overrides = {"dfc_upsample": "nearest"} if "dfc_upsample" in allowed_overrides(name) else {}
+    model = create_model(name, num_classes=NUM_CLASSES, **overrides)
     model.set_attributes(impl=impl, raise_if_not_found=False)
     return model
 

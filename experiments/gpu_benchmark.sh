@@ -14,4 +14,4 @@ out="${1:-experiments/results/gpu}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python -c "import jax, torch, timm; print('jax', jax.__version__, jax.devices(), '| torch', torch.__version__, '| timm', timm.__version__)"
 timeout 470 python -m experiments.benchmark --device gpu --dtype bfloat16 --suites train,infer,latency \
-  --train-sizes 224,48 --repeats 20 --warmup 3 --timeout 60 --out "$out"
+  --train-sizes 224,40 --repeats 20 --warmup 3 --timeout 60 --out "$out"

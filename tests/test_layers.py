@@ -31,13 +31,21 @@ def test_nearest_indices_follow_pytorch_floor_rule_on_odd_sizes():
 
 
 @pytest.mark.parametrize("method", ["nearest", "bilinear"])
-@pytest.mark.parametrize("in_size, out_size", [((3, 3), (7, 7)), ((7, 7), (14, 14)), ((2, 4), (5, 9)), ((1, 1), (2, 3))])
-def test_upsample_matches_torch_interpolate(method, in_size, out_size):
-    x = np.random.default_rng(0).normal(size=(2, 3, *in_size)).astype(np.float32)
+@pytest.mark.parametrize(
+    "in_size, out_size", [((3, 3), (7, 7)), ((7, 7), (14, 14)), ((2, 4), (5, 9)), ((1, 1), (2, 3)), ((3, 4), (6, 9))]
+)
+def test_upsample_and_its_gradient_match_torch_interpolate(method, in_size, out_size):
+    # Sizes cover both code paths: an axis that exactly doubles (interleaved shifts) and one that does not (gathers).
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, *in_size)).astype(np.float32)
+    grad = rng.normal(size=(2, 3, *out_size)).astype(np.float32)
     options = {"align_corners": False} if method == "bilinear" else {}
-    expected = F.interpolate(torch.from_numpy(x), size=out_size, mode=method, **options).numpy()
-    actual = upsample(to_nhwc(x), out_size, method)
-    np.testing.assert_allclose(np.asarray(actual), expected.transpose(0, 2, 3, 1), atol=1e-6)
+    x_torch = torch.from_numpy(x).requires_grad_()
+    expected = F.interpolate(x_torch, size=out_size, mode=method, **options)
+    expected.backward(torch.from_numpy(grad))
+    actual, vjp = jax.vjp(lambda v: upsample(v, out_size, method), to_nhwc(x))
+    np.testing.assert_allclose(np.asarray(actual), expected.detach().numpy().transpose(0, 2, 3, 1), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(vjp(to_nhwc(grad))[0]), x_torch.grad.numpy().transpose(0, 2, 3, 1), atol=1e-5)
 
 
 @pytest.mark.parametrize("size", [(7, 7), (6, 9), (14, 3)])

@@ -299,21 +299,58 @@ def bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, 
     return lower, upper, (source - lower).astype(np.float32)
 
 
+def _lerp(low: jax.Array, high: jax.Array, weight) -> jax.Array:
+    return low + (high - low) * weight
+
+
+def _neighbour(x: jax.Array, axis: int, shift: int) -> jax.Array:
+    """x[k + shift] along `axis`, for shift -1 or +1, zero beyond the edge (a pad and a slice: both fuse)."""
+    n = x.shape[axis]
+    config = [(0, 0, 0)] * x.ndim
+    config[axis] = (max(-shift, 0), max(shift, 0), 0)
+    padded = jax.lax.pad(x, jnp.zeros((), x.dtype), config)
+    return jax.lax.slice_in_dim(padded, max(shift, 0), max(shift, 0) + n, axis=axis)
+
+
+def _double_axis(x: jax.Array, axis: int, method: str) -> jax.Array:
+    """Resizes `axis` to exactly twice its size with the same rules and arithmetic as the gathers below.
+
+    Output 2k is (nearest) x[k] or (bilinear) lerp(x[k-1], x[k], 0.75); output 2k+1 is x[k] or
+    lerp(x[k], x[k+1], 0.25). Where the half-pixel rule clamps at an edge, the weight on the (zero)
+    outside neighbour is 0, which gives x[0] and x[n-1] exactly. The phases are interleaved by a stack and
+    a reshape, whose gradient is a slice, where a gather's gradient is a scatter-add: forward + backward
+    of a DFC-sized upsampling on CPU is 3-6x faster this way.
+    """
+    n = x.shape[axis]
+    if method == "nearest":
+        even = odd = x
+    else:
+        shape = (n,) + (1,) * (x.ndim - 1 - axis)
+        even_weight, odd_weight = np.full(shape, 0.75, np.float32), np.full(shape, 0.25, np.float32)
+        even_weight[0], odd_weight[-1] = 1.0, 0.0
+        even = _lerp(_neighbour(x, axis, -1), x, even_weight)
+        odd = _lerp(x, _neighbour(x, axis, 1), odd_weight)
+    doubled = jnp.stack([even, odd], axis=axis + 1)
+    return doubled.reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1 :])
+
+
 def _resize_axis(x: jax.Array, axis: int, out_size: int, method: str) -> jax.Array:
     in_size = x.shape[axis]
+    if out_size == 2 * in_size:
+        return _double_axis(x, axis, method)
     if method == "nearest":
         return jnp.take(x, nearest_indices(in_size, out_size), axis=axis)
     lower, upper, weight = bilinear_taps(in_size, out_size)
     weight = weight.reshape((-1,) + (1,) * (x.ndim - 1 - axis))
-    low, high = jnp.take(x, lower, axis=axis), jnp.take(x, upper, axis=axis)
-    return low + (high - low) * weight
+    return _lerp(jnp.take(x, lower, axis=axis), jnp.take(x, upper, axis=axis), weight)
 
 
 def upsample(x: jax.Array, size: tuple[int, int], method: str) -> jax.Array:
     """Resizes NHWC `x` to spatial `size` by 'nearest' (PyTorch's floor rule) or 'bilinear' (half-pixel).
 
-    Written as gathers and a lerp rather than `jax.image.resize`, whose 'nearest' rule differs from
-    PyTorch's and whose 'bilinear' is a dense matrix product per axis.
+    Written as gathers and a lerp (interleaved shifts when an axis exactly doubles, the DFC's usual case)
+    rather than `jax.image.resize`, whose 'nearest' rule differs from PyTorch's and whose 'bilinear' is a
+    dense matrix product per axis.
     """
     if method not in DFC_UPSAMPLE_MODES:
         raise ValueError(f"unknown upsampling method {method!r}; expected one of {DFC_UPSAMPLE_MODES}")
