@@ -20,3 +20,27 @@ def test_ci_runs_exactly_the_readme_test_command():
 def test_readme_run_command_uses_only_runtime_requirements():
     run_command, _ = readme_commands()
     assert "requirements.txt" in run_command and "python -m ghostnet_jax." in run_command
+
+
+def markdown_tables(text: str) -> list[list[str]]:
+    """Every run of consecutive lines that start with '|'."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables, current = tables + [current], []
+    return tables
+
+
+def test_readme_quotes_result_tables_verbatim():
+    # A README table whose header is a committed results table's header must be one of those tables,
+    # row for row: the README's figures are the generated ones, never retyped or left stale.
+    sources = {path: markdown_tables(path.read_text()) for path in (ROOT / "experiments" / "results").rglob("*.md")}
+    quoted = 0
+    for table in markdown_tables((ROOT / "README.md").read_text()):
+        for path, candidates in sources.items():
+            if any(candidate[0] == table[0] for candidate in candidates):
+                assert table in candidates, f"the README's table under {table[0]!r} differs from {path}"
+                quoted += 1
+    assert quoted >= 1
