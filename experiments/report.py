@@ -41,7 +41,13 @@ class RunResult:
 
     @property
     def wall_seconds(self) -> float:
+        """Summed over the attempts that recorded their end: a lower bound unless `fully_timed`."""
         return sum(attempt.get("wall_seconds", 0.0) for attempt in self.info["attempts"])
+
+    @property
+    def fully_timed(self) -> bool:
+        """False if an attempt was killed before it could record its end (kill -9, a lost machine)."""
+        return all("wall_seconds" in attempt for attempt in self.info["attempts"])
 
     @property
     def commits(self) -> list[str]:
@@ -155,6 +161,11 @@ def _relative(path: Path) -> str:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
+def _minutes(seconds: float, exact: bool) -> str:
+    """Minutes, marked as a lower bound ('≥') when an attempt's time was not recorded."""
+    return ("" if exact else "≥") + f"{seconds / 60:.1f}"
+
+
 def _arms_table(arms: dict[str, ArmResult]) -> list[str]:
     lines = [
         "| arm | group | claims | model | params | MACs | seeds | EMA top-1 | raw top-1 | min/run | commits |",
@@ -166,7 +177,8 @@ def _arms_table(arms: dict[str, ArmResult]) -> list[str]:
             model = arm.costs["model"] + "".join(f" {k}={v}" for k, v in arm.costs["overrides"].items())
             params, macs = f"{arm.costs['params']:,}", _macs(arm.costs["macs"])
         seeds = f"{len(arm.runs)}" + (f" of {arm.started}" if arm.started > len(arm.runs) else "")
-        wall = f"{statistics.fmean(r.wall_seconds for r in arm.runs) / 60:.1f}" if arm.runs else "-"
+        wall = _minutes(statistics.fmean(r.wall_seconds for r in arm.runs), all(r.fully_timed for r in arm.runs)) \
+            if arm.runs else "-"
         commits = ", ".join(dict.fromkeys(c for run in arm.runs for c in run.commits)) or "-"
         lines.append(
             f"| {arm.name} | {ARMS[arm.name].group} | {', '.join(claims_of(arm.name))} | {model} | {params} | {macs} "
@@ -193,7 +205,7 @@ def _runs_table(arms: dict[str, ArmResult]) -> list[str]:
     lines = ["| arm | seed | step | EMA top-1 | raw top-1 | min | commits |", "|---|---:|---:|---:|---:|---:|---|"]
     for arm in arms.values():
         lines += [f"| {arm.name} | {run.seed} | {run.final['step']} | {100 * run.final['ema_top1']:.2f} | "
-                  f"{100 * run.final['top1']:.2f} | {run.wall_seconds / 60:.1f} | {', '.join(run.commits)} |"
+                  f"{100 * run.final['top1']:.2f} | {_minutes(run.wall_seconds, run.fully_timed)} | {', '.join(run.commits)} |"
                   for run in arm.runs]
     return lines
 

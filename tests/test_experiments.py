@@ -116,13 +116,17 @@ def test_verdict_rule():
     assert overall([AGREES, DISAGREES]) == "mixed" and overall([NOT_RUN, DISAGREES]) == DISAGREES
 
 
-def synthetic_arm(name, ema_top1, top1=None, started=None):
-    """An arm's finished runs with the given final accuracies (one per seed), without training anything."""
+def synthetic_arm(name, ema_top1, top1=None, started=None, killed_attempt=False):
+    """An arm's finished runs with the given final accuracies (one per seed), without training anything.
+
+    `killed_attempt`: each run also had an attempt killed before it recorded its end (no wall time)."""
     top1 = top1 or ema_top1
     (planned,) = run.plan_runs([name], [0], scale="fashion", root=REPO / "unused", teacher="unused", extra={})
     overrides = planned.overrides  # what the driver records: derived values resolved
+    attempts = [{"commit": "0123456789abcdef", "dirty": False, "wall_seconds": 90.0}]
+    attempts += [{"commit": "0123456789abcdef", "dirty": False, "completed": False}] if killed_attempt else []
     info = {"scale": "fashion", "overrides": overrides, "command": "python -m ghostnet_jax.main ...",
-            "attempts": [{"commit": "0123456789abcdef", "dirty": False, "wall_seconds": 90.0}]}
+            "attempts": attempts}
     runs = [report.RunResult(seed, {"step": 100, "ema_top1": e, "top1": t}, [(50, e / 2), (100, e)], info,
                              {"data": {"image_size": 40}}) for seed, (e, t) in enumerate(zip(ema_top1, top1))]
     costs = {"model": ARMS[name].overrides["model.name"], "overrides": {}, "image_size": 40, "params": 1000,
@@ -135,11 +139,12 @@ def test_report_states_each_verdict_with_its_numbers(tmp_path):
         synthetic_arm("baseline", [0.80, 0.81, 0.82], top1=[0.78, 0.79, 0.80]),
         synthetic_arm("kd_off", [0.70, 0.71, 0.72]),
         synthetic_arm("step_decay", [0.90, 0.91, 0.92]),
-        synthetic_arm("v3_n1", [0.805, 0.815], started=3),
+        synthetic_arm("v3_n1", [0.805, 0.815], started=3, killed_attempt=True),
     ]}
     text = report.markdown(tmp_path, tmp_path, arms, report.judge_claims(arms), teacher=None)
     assert "| baseline | baseline | " in text and "| 3 | 81.00 ± 1.00 | 79.00 ± 1.00 | 1.5 | 0123456789 |" in text
-    assert "| 2 of 3 | 81.00 ± 0.71 |" in text
+    assert "| 2 of 3 | 81.00 ± 0.71 | 81.00 ± 0.71 | ≥1.5 |" in text  # a killed attempt's time is unknown
+    assert "| v3_n1 | 1 | 100 | 81.50 | 81.50 | ≥1.5 | 0123456789 |" in text
     assert "**knowledge distillation helps** (GhostNetV3): **agrees**" in text
     assert "- `baseline − kd_off`: +10.00 pp (SE 0.82, needs > 2 SE; unpaired; n = 3 vs 3) → **agrees**" in text
     assert "**cosine learning-rate decay beats step decay** (GhostNetV3): **disagrees**" in text
