@@ -1,9 +1,10 @@
 """The driver: trains the chosen arms with several seeds, after the one distillation teacher, resumably.
 
     python -m experiments.run [--arms baseline,v1] [--groups reparam] [--seeds 0,1,2] [--scale fashion]
-                              [--root DIR] [--teacher CHECKPOINTS] [--dry-run] [key=value ...]
+                              [--root DIR] [--teacher CHECKPOINTS] [--shard K/N] [--dry-run] [key=value ...]
 
-Runs go one after another in this process. A run whose metrics end with an evaluation at its final step
+Runs go one after another in this process; `--shard K/N` runs every N-th of them, so that N drivers (one
+per core, or per accelerator) share a suite without training the same run. A run whose metrics end with an evaluation at its final step
 is skipped, so rerunning a command resumes the suite (the loop itself resumes a half-done run from its
 checkpoints); a run directory started with a different config is refused rather than mixed. `key=value`
 arguments override config fields of every run, the teacher's too (budget, data paths, and the scale's
@@ -35,6 +36,7 @@ from ghostnet_jax.training.loop import step_counts, train_and_evaluate
 
 RESERVED = ("seed", "distill.teacher")  # set by --seeds and --teacher
 COMPILATION_CACHE = "jax_cache"  # under the run directory
+TEACHER_POLL_SECONDS = 60  # how often a shard other than 0 looks for the teacher shard 0 trains
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +88,29 @@ def plan_runs(arm_names: Sequence[str], seeds: Sequence[int], *, scale: str, roo
     return runs
 
 
+def shard(runs: Sequence[Run], index: int, count: int) -> list[Run]:
+    """Shard `index` of `count`: the teacher (if planned) goes to shard 0, the other runs round-robin in plan
+    order, so the shards are disjoint, together are the plan, and each gets a mix of arms and seeds."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: expected 0 <= K < N")
+    teacher = [run for run in runs if run.arm == TEACHER]
+    students = [run for run in runs if run.arm != TEACHER]
+    return (teacher if index == 0 else []) + students[index::count]
+
+
+def _end_step(run: Run) -> int:
+    config = run.config()
+    return step_counts(config, dataset_info(config.data).num_train)[1]
+
+
+def wait_until_finished(run: Run) -> None:
+    """Blocks until `run`, which another shard trains, has finished (shards other than 0 need the teacher)."""
+    end_step = _end_step(run)
+    while final_eval(run.workdir, end_step) is None:
+        print(f"waiting for {run.arm} (trained by shard 0) to finish in {run.workdir}", flush=True)
+        time.sleep(TEACHER_POLL_SECONDS)
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -96,7 +121,7 @@ def execute(run: Run, scale: str) -> bool:
     config_file = run.workdir / CONFIG
     if config_file.exists() and config_file.read_text() != config.to_json_best_effort(indent=2):
         raise ValueError(f"{run.workdir} holds a run of another config: delete it or choose another --root")
-    end_step = step_counts(config, dataset_info(config.data).num_train)[1]
+    end_step = _end_step(run)
     if final_eval(run.workdir, end_step) is not None:
         print(f"{run.arm} seed {run.seed}: finished at step {end_step}, skipped", flush=True)
         return False
@@ -129,12 +154,16 @@ def execute(run: Run, scale: str) -> bool:
 
 def run_suite(arm_names: Sequence[str], seeds: Sequence[int] = SEEDS, *, scale: str = "fashion",
               root: str | Path | None = None, teacher: str | None = None, extra: Mapping[str, Any] | None = None,
-              dry_run: bool = False) -> list[Run]:
-    """Plans and (unless `dry_run`, which prints each run's equivalent command) trains the runs."""
+              shard_of: tuple[int, int] = (0, 1), dry_run: bool = False) -> list[Run]:
+    """Plans and (unless `dry_run`, which prints each run's equivalent command) trains the runs of shard
+    `shard_of` = (K, N); a shard other than 0 first waits for the teacher that shard 0 trains."""
     root = Path(root or SCALES[scale].root).absolute()
     if not dry_run:  # the seeds of an arm compile the same programs: compile them once
         jax.config.update("jax_compilation_cache_dir", str(root / COMPILATION_CACHE))
-    runs = plan_runs(arm_names, seeds, scale=scale, root=root, teacher=teacher, extra=extra or {})
+    planned = plan_runs(arm_names, seeds, scale=scale, root=root, teacher=teacher, extra=extra or {})
+    runs = shard(planned, *shard_of)
+    if not dry_run and shard_of[0] > 0 and planned[0].arm == TEACHER:
+        wait_until_finished(planned[0])
     failures, trained = [], 0
     for run in runs:
         if dry_run:
@@ -159,6 +188,13 @@ def _names(text: str) -> list[str]:
     return [name for name in text.split(",") if name]
 
 
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"expected K/N with 0 <= K < N, e.g. 0/2; got {text!r}")
+    return int(index), int(count)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__.split("\n")[0])
     parser.add_argument("--arms", type=_names, default=[], help=f"comma-separated, of: {', '.join(ARMS)}")
@@ -167,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--scale", choices=list(SCALES), default="fashion")
     parser.add_argument("--root", help="run directory (default: the scale's)")
     parser.add_argument("--teacher", help="checkpoint directory of the distillation teacher (default: train one)")
+    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
+                        help="run every N-th run from the K-th (0-based): start N drivers to share a suite")
     parser.add_argument("--dry-run", action="store_true", help="print each run's equivalent command; train nothing")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = parser.parse_args(argv)
@@ -176,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(str(error))
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes at INFO
     run_suite(arm_names, args.seeds, scale=args.scale, root=args.root, teacher=args.teacher, extra=extra,
-              dry_run=args.dry_run)
+              shard_of=args.shard, dry_run=args.dry_run)
 
 
 if __name__ == "__main__":

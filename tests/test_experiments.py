@@ -237,3 +237,35 @@ def test_report_writes_both_figures(suite):
     for name in ("curves.png", "acc_vs_macs.png"):
         data = (out / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 5000
+
+
+def test_shards_split_the_plan_disjointly(tmp_path, capsys):
+    planned = run.plan_runs(["v1", "v2", "kd_off"], [0, 1], scale="fashion", root=tmp_path, teacher=None, extra={})
+    shards = [run.shard(planned, k, 2) for k in range(2)]
+    assert [(r.arm, r.seed) for r in shards[0]] == [(TEACHER, 0), ("v1", 0), ("kd_off", 0), ("v2", 1)]
+    assert [(r.arm, r.seed) for r in shards[1]] == [("v2", 0), ("v1", 1), ("kd_off", 1)]
+    assert run.shard(planned, 0, 1) == planned
+    with pytest.raises(ValueError, match="shard 2/2"):
+        run.shard(planned, 2, 2)
+    with pytest.raises(SystemExit):
+        run.main(["--shard", "2/2", "--dry-run"])
+    assert "expected K/N with 0 <= K < N" in capsys.readouterr().err
+    run.main(["--arms", "kd_off,v1,v2", "--seeds", "0,1", "--root", str(tmp_path), "--shard", "1/2", "--dry-run"])
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split("--workdir ")[1].split()[0] for line in printed] == [str(r.workdir) for r in shards[1]]
+
+
+def test_a_shard_other_than_0_waits_for_the_teacher(tmp_path, monkeypatch, capsys):
+    teacher = run.Run.resolve(TEACHER, 0, "configs/v1.py", "fashion_mnist", {}, tmp_path / TEACHER)
+    monkeypatch.setattr(run, "_end_step", lambda r: 7)
+    polls = []
+
+    def teacher_finishes_while_waiting(seconds):  # stands in for time.sleep while shard 0 trains
+        polls.append(seconds)
+        teacher.workdir.mkdir(parents=True, exist_ok=True)
+        (teacher.workdir / METRICS).write_text(json.dumps({"kind": "eval", "step": 7, "ema_top1": 0.5}) + "\n")
+
+    monkeypatch.setattr(run.time, "sleep", teacher_finishes_while_waiting)
+    run.wait_until_finished(teacher)
+    assert polls == [run.TEACHER_POLL_SECONDS]
+    assert capsys.readouterr().out.count("waiting for teacher (trained by shard 0)") == 1
