@@ -4,11 +4,12 @@
                               [--root DIR] [--teacher CHECKPOINTS] [--shard K/N] [--dry-run] [key=value ...]
 
 Runs go one after another in this process; `--shard K/N` runs every N-th of them, so that N drivers (one
-per core, or per accelerator) share a suite without training the same run. A run whose metrics end with an evaluation at its final step
-is skipped, so rerunning a command resumes the suite (the loop itself resumes a half-done run from its
-checkpoints); a run directory started with a different config is refused rather than mixed. `key=value`
-arguments override config fields of every run, the teacher's too (budget, data paths, and the scale's
-shared fields); they may not touch a factor that an arm sets. A failed arm is reported at the end and the others still run.
+per core, or per accelerator) share a suite without training the same run. A run whose metrics end with an
+evaluation at its final step is skipped, so rerunning a command resumes the suite (the loop itself resumes a
+half-done run from its checkpoints); a run directory started with a different config is refused rather than
+mixed. `key=value` arguments override config fields of every run, the teacher's too (budget, data paths,
+and the scale's shared fields); they may not touch a factor that an arm sets. A failed arm is reported at
+the end and the others still run.
 """
 
 from __future__ import annotations
