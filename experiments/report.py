@@ -205,7 +205,8 @@ def _runs_table(arms: dict[str, ArmResult]) -> list[str]:
     lines = ["| arm | seed | step | EMA top-1 | raw top-1 | min | commits |", "|---|---:|---:|---:|---:|---:|---|"]
     for arm in arms.values():
         lines += [f"| {arm.name} | {run.seed} | {run.final['step']} | {100 * run.final['ema_top1']:.2f} | "
-                  f"{100 * run.final['top1']:.2f} | {_minutes(run.wall_seconds, run.fully_timed)} | {', '.join(run.commits)} |"
+                  f"{100 * run.final['top1']:.2f} | {_minutes(run.wall_seconds, run.fully_timed)} | "
+                  f"{', '.join(run.commits)} |"
                   for run in arm.runs]
     return lines
 
