@@ -49,6 +49,7 @@ def plot_accuracy_vs_macs(series: Mapping[str, Sequence[tuple[str, float, float,
     if not series:
         ax.text(0.5, 0.5, "no finished runs of the widths arms", ha="center", va="center", transform=ax.transAxes)
     ax.set(xlabel="MACs (millions, deployed form)", ylabel="EMA top-1 (%)", title="Accuracy against MACs")
+    ax.margins(x=0.12)  # room for the arm labels right of the widest points
     ax.grid(alpha=0.3)
     if series:
         ax.legend()

@@ -1,4 +1,4 @@
-"""The README's two opening commands stay true: CI runs exactly the test command."""
+"""The README stays true: CI runs exactly its test command, and the results it quotes are the generated ones."""
 
 import re
 from pathlib import Path
@@ -44,3 +44,16 @@ def test_readme_quotes_result_tables_verbatim():
                 assert table in candidates, f"the README's table under {table[0]!r} differs from {path}"
                 quoted += 1
     assert quoted >= 1
+
+
+VERDICT_LINE = re.compile(r"^(\*\*.+\*\* \(.+\): \*\*[a-z]+\*\*|- `.+ − .+`: .+ → \*\*[a-z]+\*\*)$")
+
+
+def test_readme_quotes_claim_verdicts_verbatim():
+    # Every claim's verdict line and comparison line in the README is a line of a committed results file:
+    # the numbers and verdicts the README reads out are the generated ones.
+    results = (ROOT / "experiments" / "results").rglob("*.md")
+    generated = {line for path in results for line in path.read_text().splitlines()}
+    quoted = [line for line in (ROOT / "README.md").read_text().splitlines() if VERDICT_LINE.match(line)]
+    assert quoted, "the README quotes no claim verdicts"
+    assert [line for line in quoted if line not in generated] == []
