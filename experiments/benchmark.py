@@ -17,6 +17,7 @@ The model side imports neither tensorflow, tensorflow-datasets nor ml_collection
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -57,21 +58,47 @@ def random_images(batch: int, size: int, seed: int = 0) -> np.ndarray:
 # --- ghostnet_jax ----------------------------------------------------------------------------------------
 
 
-def ours_model(name: str, impl: str):
+def ours_model(name: str, impl: str, dtype: str = "float32", remat: str = "none"):
     from ghostnet_jax.models import allowed_overrides, create_model
 
     # timm upsamples the DFC gate by 'nearest': compare the same network, not our 'bilinear' default.
     overrides = {"dfc_upsample": "nearest"} if "dfc_upsample" in allowed_overrides(name) else {}
-    model = create_model(name, num_classes=NUM_CLASSES, **overrides)
+    model = create_model(name, num_classes=NUM_CLASSES, dtype=dtype, **overrides)
     model.set_attributes(impl=impl, raise_if_not_found=False)
+    model.remat = remat
     return model
 
 
-def build_ours_train(name: str, size: int, batch: int, dtype: str, impl: str) -> tuple[Callable, Callable]:
+def activation_lower_bound(name: str, size: int, batch: int, dtype: str) -> float:
+    """Bytes per image that any train step of this network must move: every convolution and matrix-product output
+    written once in the forward pass and read once by the backward pass (in the compute dtype), and every float32
+    parameter read, its gradient written, its momentum read and written and the parameter written (5 x 4 bytes).
+
+    A device-independent floor for a memory-bound accelerator; BatchNorm, activations and the backward pass's own
+    outputs come on top, so a real step moves several times this.
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    graphdef, state = nnx.split(ours_model(name, "xla", dtype))
+    shape = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda state, x: nnx.merge(graphdef, state)(x))(state, shape)
+    compute = ("conv_general_dilated", "dot_general")
+    outputs = sum(v.aval.size * v.aval.dtype.itemsize for e in jaxpr.jaxpr.eqns if e.primitive.name in compute
+                  for v in e.outvars)
+    params = sum(leaf.size for leaf in jax.tree.leaves(nnx.state(ours_model(name, "xla"), nnx.Param)))
+    return (2 * outputs + 5 * 4 * params) / batch
+
+
+def build_ours_train(
+    name: str, size: int, batch: int, dtype: str, impl: str, remat: str = "none"
+) -> tuple[Callable, Callable]:
     """A jitted SGD (Nesterov) step: train-mode forward, cross-entropy, backward, update; state donated.
 
-    Returns a function that runs one step on a fixed batch (compiling on the first call), and one that gives the
-    compiled program's HLO text.
+    The model computes in `dtype` over float32 parameters (the `dtype` override, what training uses). Returns a
+    function that runs one step on a fixed batch (compiling on the first call), and one that gives the compiled
+    program (for its HLO text and XLA's cost analysis).
     """
     import jax
     import jax.numpy as jnp
@@ -81,17 +108,15 @@ def build_ours_train(name: str, size: int, batch: int, dtype: str, impl: str) ->
     from ghostnet_jax.training.losses import cross_entropy
     from ghostnet_jax.training.state import split_model
 
-    graphdef, params, batch_stats, rest = split_model(ours_model(name, impl))
+    graphdef, params, batch_stats, rest = split_model(ours_model(name, impl, dtype, remat))
     tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
-    compute = jnp.dtype(dtype)
 
     def step(carry, images, labels):
         params, batch_stats, opt_state = carry
 
         def loss_fn(params):
-            cast = jax.tree.map(lambda p: p.astype(compute), params)  # mixed precision, like torch AMP
-            model = nnx.merge(graphdef, cast, batch_stats, rest, copy=True)
-            logits = model(images.astype(compute)).astype(jnp.float32)
+            model = nnx.merge(graphdef, params, batch_stats, rest, copy=True)
+            logits = model(images)
             return cross_entropy(logits, jax.nn.one_hot(labels, NUM_CLASSES)).mean(), nnx.state(model, nnx.BatchStat)
 
         (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -105,11 +130,20 @@ def build_ours_train(name: str, size: int, batch: int, dtype: str, impl: str) ->
     def run():
         carry[0] = jax.block_until_ready(step(carry[0], images, labels))
 
-    return run, lambda: step.lower(carry[0], images, labels).compile().as_text()
+    return run, lambda: step.lower(carry[0], images, labels).compile()
 
 
-def ours_train(name: str, size: int, batch: int, dtype: str, impl: str, warmup: int, repeats: int) -> dict:
-    return timed(build_ours_train(name, size, batch, dtype, impl)[0], warmup, repeats)
+def ours_train(name: str, size: int, batch: int, dtype: str, impl: str, remat: str, warmup: int, repeats: int) -> dict:
+    """Timings, plus XLA's cost analysis of the compiled step per image (flops, bytes accessed) and the floor."""
+    run, compiled = build_ours_train(name, size, batch, dtype, impl, remat)
+    result = timed(run, warmup, repeats)
+    cost = compiled().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return result | {
+        "flops_per_image": cost["flops"] / batch,
+        "bytes_per_image": cost["bytes accessed"] / batch,
+        "lower_bound_bytes_per_image": activation_lower_bound(name, size, batch, dtype),
+    }
 
 
 def ours_infer(name: str, fused: bool, size: int, batch: int, dtype: str, impl: str, warmup: int, repeats: int) -> dict:
@@ -119,13 +153,12 @@ def ours_infer(name: str, fused: bool, size: int, batch: int, dtype: str, impl: 
 
     from ghostnet_jax.models import fuse
 
-    model = ours_model(name, impl)
+    model = ours_model(name, impl, dtype)
     model.eval()
     model = fuse(model) if fused else model
     graphdef, state = nnx.split(model)
-    state = jax.tree.map(lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v, state)
     forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
-    images = jnp.asarray(random_images(batch, size), dtype)
+    images = jnp.asarray(random_images(batch, size))
     return timed(lambda: jax.block_until_ready(forward(state, images)), warmup, repeats)
 
 
@@ -318,7 +351,7 @@ def measure(job: dict) -> dict:
     kind, side = job["kind"], job["side"]
     common = dict(warmup=job["warmup"], repeats=job["repeats"]) | ({"impl": job["impl"]} if side == "ours" else {})
     if kind == "train":
-        fn = ours_train if side == "ours" else timm_train
+        fn = functools.partial(ours_train, remat=job["remat"]) if side == "ours" else timm_train
         result = fn(job["model"], job["size"], job["batch"], job["dtype"], **common)
     elif kind in ("infer", "latency"):
         fn = ours_infer if side == "ours" else timm_infer
@@ -342,27 +375,40 @@ def inference_variants(models: list[str]) -> list[tuple[str, str, bool]]:
 
 
 def jobs(args: argparse.Namespace) -> list[dict]:
-    """Every (setting, side) pair to measure, ours first then timm's for each setting."""
+    """Every (setting, side) pair to measure, ours first then timm's for each setting.
+
+    A train setting is (model, size, dtype, remat); timm has no remat, so a remat row's timm side is the same
+    measurement as the row without it (`timm_label` names the row that holds it) and runs once.
+    """
     settings = []
-    base = dict(dtype=args.dtype, warmup=args.warmup, repeats=args.repeats, impl=args.impl)
+    base = dict(warmup=args.warmup, repeats=args.repeats, impl=args.impl)
     if "train" in args.suites:
         for model in args.models:
             for size in args.train_sizes:
-                label = f"train {model} {size}px b{args.batch}"
-                settings.append(dict(base, kind="train", label=label, model=model, size=size, batch=args.batch))
+                for dtype in args.dtypes:
+                    plain = f"train {model} {size}px b{args.batch} {dtype}"
+                    for remat in args.remat:
+                        label = plain + (" remat" if remat == "block" else "")
+                        settings.append(dict(base, kind="train", label=label, model=model, size=size,
+                                             batch=args.batch, dtype=dtype, remat=remat, timm_label=plain))
     for kind, batch in (("infer", args.batch), ("latency", 1)):
         if kind in args.suites:
             for label, model, fused in inference_variants(args.models):
-                label = f"{kind} {label} {args.infer_size}px b{batch}"
-                settings.append(
-                    dict(base, kind=kind, label=label, model=model, fused=fused, size=args.infer_size, batch=batch)
-                )
+                for dtype in args.dtypes:
+                    label_ = f"{kind} {label} {args.infer_size}px b{batch} {dtype}"
+                    settings.append(dict(base, kind=kind, label=label_, model=model, fused=fused,
+                                         size=args.infer_size, batch=batch, dtype=dtype))
     if "pipeline" in args.suites:
         settings.append(
             dict(base, kind="pipeline", label=f"input pipeline 224px, {args.workers} workers", workers=args.workers,
                  batch=32, images=args.pipeline_images, repeats=args.pipeline_repeats)
         )
-    return [dict(setting, side=side) for setting in settings for side in ("ours", "timm")]
+    measured = []
+    for setting in settings:
+        measured.append(dict(setting, side="ours"))
+        if setting.get("timm_label", setting["label"]) == setting["label"]:
+            measured.append(dict(setting, side="timm"))
+    return measured
 
 
 def run_job(job: dict, timeout: int) -> dict:
@@ -389,21 +435,28 @@ def throughput(job: dict, result: dict) -> tuple[float, float, float]:
 def table(rows: list[dict]) -> str:
     unit = {"train": "img/s", "infer": "img/s", "latency": "ms", "pipeline": "img/s per core"}
     lines = [
-        "| measurement | unit | ghostnet_jax | timm | ratio | first call (ours / timm) | peak memory (ours / timm) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| measurement | unit | ghostnet_jax | timm | ratio | first call (ours / timm) | peak memory (ours / timm) "
+        "| memory ratio | GFLOP/img | MB/img accessed (floor) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         ours, theirs = row["ours"], row["timm"]
         if "error" in ours or "error" in theirs:
-            lines.append(f"| {row['label']} | | {ours.get('error', '')} | {theirs.get('error', '')} | | | |")
+            lines.append(f"| {row['label']} | | {ours.get('error', '')} | {theirs.get('error', '')} | | | | | | |")
             continue
         a, b = row["ours_value"], row["timm_value"]
         ratio = b[0] / a[0] if row["kind"] == "latency" else a[0] / b[0]  # > 1: ours is better
         memory = " / ".join(f"{r['peak_bytes'] / 2**20:.0f} MiB" if "peak_bytes" in r else "-" for r in (ours, theirs))
+        memory_ratio = f"{ours['peak_bytes'] / theirs['peak_bytes']:.2f}x" if "peak_bytes" in ours else "-"
+        costs = (
+            f"{ours['flops_per_image'] / 1e9:.2f} | {ours['bytes_per_image'] / 1e6:.0f} "
+            f"({ours['lower_bound_bytes_per_image'] / 1e6:.0f})"
+            if "flops_per_image" in ours else "- | -"
+        )
         lines.append(
             f"| {row['label']} | {unit[row['kind']]} | {a[0]:.1f} ({a[1]:.1f}..{a[2]:.1f}) | "
             f"{b[0]:.1f} ({b[1]:.1f}..{b[2]:.1f}) | {ratio:.2f}x | "
-            f"{ours['first_s']:.1f} s / {theirs['first_s']:.1f} s | {memory} |"
+            f"{ours['first_s']:.1f} s / {theirs['first_s']:.1f} s | {memory} | {memory_ratio} | {costs} |"
         )
     return "\n".join(lines)
 
@@ -421,7 +474,10 @@ def main() -> None:
     parser.add_argument("--pipeline-images", type=int, default=256)
     parser.add_argument("--pipeline-repeats", type=int, default=3)
     parser.add_argument("--impl", default="auto", choices=["auto", "xla"], help="ghostnet_jax conv implementation")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--dtypes", default="float32", type=lambda s: s.split(","),
+                        help="compute dtypes, e.g. float32,bfloat16 (timm: autocast to bfloat16, i.e. AMP)")
+    parser.add_argument("--remat", default="none", type=lambda s: s.split(","),
+                        help="ours: 'none', 'block' or 'none,block' (train rows; timm has no remat)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
     parser.add_argument("--out", type=Path, help="write <out>.md and <out>.json")
@@ -439,8 +495,12 @@ def main() -> None:
         if "error" not in result:
             row[f"{job['side']}_value"] = throughput(job, result)
         print(f"{job['label']} [{job['side']}]: {result}", file=sys.stderr, flush=True)
+    for job in jobs(args):  # remat rows share the timm measurement of their plain row
+        if job["side"] == "ours" and job.get("timm_label", job["label"]) != job["label"]:
+            plain = rows[job["timm_label"]]
+            rows[job["label"]].update({key: plain[key] for key in ("timm", "timm_value") if key in plain})
     header = (
-        f"{time.strftime('%Y-%m-%d')}, {args.device} ({os.cpu_count()} cores), {args.dtype}, median of "
+        f"{time.strftime('%Y-%m-%d')}, {args.device} ({os.cpu_count()} cores), {','.join(args.dtypes)}, median of "
         f"{args.repeats} (worst..best); ratio > 1 means ghostnet_jax is faster.\n"
         f"Command: python -m experiments.benchmark {' '.join(sys.argv[1:])}\n"
     )

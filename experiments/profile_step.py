@@ -86,14 +86,14 @@ def main() -> None:
 
     import jax
 
-    run, hlo_text = build_ours_train(args.model, args.size, args.batch, "float32", args.impl)
+    run, compiled = build_ours_train(args.model, args.size, args.batch, "float32", args.impl)
     run()  # compile and warm up outside the trace
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir):
             for _ in range(args.steps):
                 run()
         totals = op_times(Path(trace_dir))
-    summaries = hlo_summaries(hlo_text())
+    summaries = hlo_summaries(compiled().as_text())
     ops = {name: ps for name, ps in totals.items() if name in summaries}
     step_ps = sum(ops.values()) / args.steps
     print(f"{args.model} {args.size}px batch {args.batch}: {step_ps / 1e9:.1f} ms of XLA ops per step")

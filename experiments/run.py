@@ -36,7 +36,6 @@ from ghostnet_jax.data.pipeline import dataset_info
 from ghostnet_jax.training.loop import step_counts, train_and_evaluate
 
 RESERVED = ("seed", "distill.teacher")  # set by --seeds and --teacher
-COMPILATION_CACHE = "jax_cache"  # under the run directory
 TEACHER_POLL_SECONDS = 60  # how often a shard other than 0 looks for the teacher shard 0 trains
 
 
@@ -159,8 +158,6 @@ def run_suite(arm_names: Sequence[str], seeds: Sequence[int] = SEEDS, *, scale: 
     """Plans and (unless `dry_run`, which prints each run's equivalent command) trains the runs of shard
     `shard_of` = (K, N); a shard other than 0 first waits for the teacher that shard 0 trains."""
     root = Path(root or SCALES[scale].root).absolute()
-    if not dry_run:  # the seeds of an arm compile the same programs: compile them once
-        jax.config.update("jax_compilation_cache_dir", str(root / COMPILATION_CACHE))
     planned = plan_runs(arm_names, seeds, scale=scale, root=root, teacher=teacher, extra=extra or {})
     runs = shard(planned, *shard_of)
     if not dry_run and shard_of[0] > 0 and planned[0].arm == TEACHER:

@@ -25,9 +25,11 @@ def model_spec(name: str, *, num_classes: int, overrides: dict[str, Any], fused:
     return {"name": name, "num_classes": num_classes, "overrides": dict(overrides), "fused": fused}
 
 
-def build_model(spec: dict[str, Any]) -> GhostNet:
-    """A freshly initialised network of the architecture `spec` describes, in eval mode."""
-    model = create_model(spec["name"], num_classes=spec["num_classes"], **spec["overrides"])
+def build_model(spec: dict[str, Any], *, dtype: str | None = None) -> GhostNet:
+    """A freshly initialised network of the architecture `spec` describes, in eval mode; `dtype` overrides the
+    compute dtype it was saved with (the weights are float32 either way)."""
+    overrides = spec["overrides"] | ({"dtype": dtype} if dtype is not None else {})
+    model = create_model(spec["name"], num_classes=spec["num_classes"], **overrides)
     model = fuse(model) if spec["fused"] else model
     model.eval()
     return model
@@ -54,8 +56,11 @@ def save_model(directory: str | Path, model: nnx.Module, spec: dict[str, Any], *
     return directory
 
 
-def load_model(directory: str | Path, *, step: int | None = None) -> tuple[GhostNet, dict[str, Any]]:
-    """Restores the network saved in `directory` (latest step by default), in eval mode, with its spec."""
+def load_model(
+    directory: str | Path, *, step: int | None = None, dtype: str | None = None
+) -> tuple[GhostNet, dict[str, Any]]:
+    """Restores the network saved in `directory` (latest step by default), in eval mode, with its spec; `dtype`
+    sets the compute dtype (default: the one it was trained with)."""
     directory = Path(directory).absolute()
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoint directory at {directory}")
@@ -64,7 +69,7 @@ def load_model(directory: str | Path, *, step: int | None = None) -> tuple[Ghost
         if step is None or step not in manager.all_steps():
             raise FileNotFoundError(f"{directory} holds no complete checkpoint{'' if step is None else f' at step {step}'}")
         spec = manager.restore(step, args=ocp.args.Composite(**{SPEC_ITEM: ocp.args.JsonRestore()}))[SPEC_ITEM]
-        model = build_model(spec)
+        model = build_model(spec, dtype=dtype)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, model_variables(model))
         try:
             restored = manager.restore(

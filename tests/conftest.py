@@ -1,10 +1,15 @@
 """Shared fixtures: the timm reference (== the official code) with random weights and BatchNorm statistics."""
 
 import os
+import tempfile
 
 # Tests run on CPU with several host devices so that pmap paths are exercised without accelerators.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the session, this process and the runs it starts (the training configs'
+# default follows XDG_CACHE_HOME): tests that compile the same program, e.g. every run of one tiny training
+# config, compile it once. Never the user's own cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ghostnet_jax_tests_")
 
 # torch (through timm) must be imported before tensorflow: the other order segfaults in this stack.
 import timm  # noqa: F401
@@ -13,6 +18,9 @@ import pytest
 from flax import nnx
 
 from ghostnet_jax.models.layers import BatchNorm
+from ghostnet_jax.training.compilation_cache import default_directory, use_compilation_cache
+
+use_compilation_cache(default_directory())
 
 
 def randomise_torch_batchnorm(model, seed: int = 0) -> None:
@@ -61,3 +69,10 @@ def _release_compiled_programs():
 
     jax.clear_caches()
     gc.collect()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The session's compilation cache goes with the session."""
+    import shutil
+
+    shutil.rmtree(os.environ["XDG_CACHE_HOME"], ignore_errors=True)

@@ -10,11 +10,19 @@ from experiments import benchmark
 def test_benchmark_runs_both_sides_and_tabulates_the_measured_ratios(tmp_path, monkeypatch):
     out = tmp_path / "bench"
     argv = ["benchmark", "--suites", "train,latency", "--models", "ghostnet_050", "--train-sizes", "32",
-            "--infer-size", "32", "--batch", "2", "--repeats", "2", "--warmup", "0", "--out", str(out)]
+            "--infer-size", "32", "--batch", "2", "--repeats", "2", "--warmup", "0", "--remat", "none,block",
+            "--out", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
     benchmark.main()
     rows = {row["label"]: row for row in json.loads(out.with_suffix(".json").read_text())}
-    assert set(rows) == {"train ghostnet_050 32px b2", "latency ghostnet_050 32px b1"}
+    plain, remat = "train ghostnet_050 32px b2 float32", "train ghostnet_050 32px b2 float32 remat"
+    assert set(rows) == {plain, remat, "latency ghostnet_050 32px b1 float32"}
+    assert rows[remat]["timm"] == rows[plain]["timm"]  # timm has no remat: one measurement serves both rows
+    for label in (plain, remat):
+        ours = rows[label]["ours"]
+        assert ours["bytes_per_image"] > ours["lower_bound_bytes_per_image"] > 0 and ours["flops_per_image"] > 0
+    # Recomputing the blocks costs arithmetic: XLA counts more flops for the remat step.
+    assert rows[remat]["ours"]["flops_per_image"] > rows[plain]["ours"]["flops_per_image"]
     markdown = out.with_suffix(".md").read_text()
     for label, row in rows.items():
         ours, theirs = row["ours"], row["timm"]

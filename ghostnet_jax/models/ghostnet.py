@@ -21,6 +21,7 @@ from ghostnet_jax.models.layers import (
     ConvBN,
     DFCAttention,
     SqueezeExcite,
+    compute_dtype,
     make_divisible,
     torch_uniform_init,
 )
@@ -192,8 +193,23 @@ def min_input_size(dfc: bool) -> int:
     return size
 
 
+REMAT_MODES = ("none", "block")
+
+
+def _call_block(block: nnx.Module, x: jax.Array) -> jax.Array:
+    return block(x)
+
+
+_remat_block = nnx.remat(_call_block)
+
+
 class GhostNet(nnx.Module):
-    """The GhostNet classifier. Inputs are NHWC images; the output is logits (or features if num_classes=0)."""
+    """The GhostNet classifier. Inputs are NHWC images; the output is float32 logits (or features if num_classes=0).
+
+    `dtype` is the compute dtype of every conv, matrix product and activation (parameters, BatchNorm statistics
+    and the logits stay float32). `remat='block'` recomputes each bottleneck's activations in the backward pass
+    instead of keeping them (less memory, one more forward through the blocks).
+    """
 
     def __init__(
         self,
@@ -205,8 +221,12 @@ class GhostNet(nnx.Module):
         in_chans: int = 3,
         dfc_upsample: str = "bilinear",
         rep: RepSettings | None = None,
+        dtype="float32",
+        remat: str = "none",
         rngs: nnx.Rngs,
     ):
+        if remat not in REMAT_MODES:
+            raise ValueError(f"unknown remat {remat!r}; expected one of {REMAT_MODES}")
         self.version = version
         has_dfc = version >= 2
         self.min_input_size = min_input_size(has_dfc)
@@ -248,6 +268,9 @@ class GhostNet(nnx.Module):
             if num_classes
             else None
         )
+        self.remat = remat
+        self.dtype = compute_dtype(dtype)
+        self.set_attributes(dtype=self.dtype, raise_if_not_found=False)  # every conv and the classifier
 
     def check_input(self, shape: Sequence[int]) -> None:
         """Raises ValueError unless `shape` is an NHWC batch this network can process."""
@@ -266,9 +289,10 @@ class GhostNet(nnx.Module):
         """Stem and bottlenecks and the final 1x1 conv: the (N, H/32, W/32, 960*width) feature map."""
         self.check_input(x.shape)
         x = jax.nn.relu(self.stem(x))
+        call = _remat_block if self.remat == "block" else _call_block
         for stage in self.blocks:
             for block in stage:
-                x = block(x)
+                x = call(block, x)
         return jax.nn.relu(self.final_conv(x))
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -276,4 +300,5 @@ class GhostNet(nnx.Module):
         x = self.forward_features(x).mean(axis=(1, 2), keepdims=True)
         x = jax.nn.relu(self.conv_head(x)).reshape(x.shape[0], HEAD_CHANNELS)
         x = self.dropout(x, rngs=rngs)
-        return x if self.classifier is None else self.classifier(x)
+        x = x if self.classifier is None else self.classifier(x)
+        return x.astype(jnp.float32)

@@ -17,6 +17,23 @@ import numpy as np
 from flax import nnx
 
 DFC_UPSAMPLE_MODES = ("bilinear", "nearest")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype(name) -> jnp.dtype:
+    """The activation dtype `name` ('float32' or 'bfloat16', or the dtype itself); parameters always stay float32.
+
+    float16 is refused: without loss scaling its gradients underflow, and every current TPU and GPU has bfloat16.
+    """
+    try:
+        dtype = jnp.dtype(name)
+    except TypeError:
+        dtype = None
+    if dtype == jnp.float16:
+        raise ValueError("dtype float16 is not supported (it needs loss scaling); use 'bfloat16' or 'float32'")
+    if dtype is None or dtype.name not in COMPUTE_DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {COMPUTE_DTYPES}")
+    return dtype
 
 
 def make_divisible(value: float, divisor: int = 4) -> int:
@@ -60,10 +77,11 @@ def _pad(x: jax.Array, padding) -> jax.Array:
 
 
 def _shift_add(padded: jax.Array, kernel: jax.Array, stride: int, out_h: int, out_w: int) -> jax.Array:
-    """sum over taps (i, j) of _tap(i, j) * kernel[i, j, 0]."""
+    """sum over taps (i, j) of _tap(i, j) * kernel[i, j, 0], accumulated in float32 (as convolutions do)."""
     kh, kw = kernel.shape[:2]
-    terms = (_tap(padded, i, j, stride, out_h, out_w) * kernel[i, j, 0] for i in range(kh) for j in range(kw))
-    return functools.reduce(jnp.add, terms)
+    padded, taps = padded.astype(jnp.float32), kernel.astype(jnp.float32)
+    terms = (_tap(padded, i, j, stride, out_h, out_w) * taps[i, j, 0] for i in range(kh) for j in range(kw))
+    return functools.reduce(jnp.add, terms).astype(kernel.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -107,10 +125,12 @@ def _depthwise_backward(stride, padding, residuals, grad):
     padded = _pad(x, padding)
     # One variadic reduction for all taps: XLA reads the input and gradient once, where a sum per tap
     # materialises every shifted input.
-    products = [_tap(padded, i, j, stride, out_h, out_w) * grad for i in range(kh) for j in range(kw)]
-    zeros = [jnp.zeros((), grad.dtype)] * len(products)
+    # Accumulated in float32: a bfloat16 sum over N*H*W terms would lose the gradient.
+    padded, grad32 = padded.astype(jnp.float32), grad.astype(jnp.float32)
+    products = [_tap(padded, i, j, stride, out_h, out_w) * grad32 for i in range(kh) for j in range(kw)]
+    zeros = [jnp.zeros((), jnp.float32)] * len(products)
     sums = jax.lax.reduce(products, zeros, lambda a, b: [u + v for u, v in zip(a, b)], (0, 1, 2))
-    return grad_x, jnp.stack(sums).reshape(kernel.shape)
+    return grad_x, jnp.stack(sums).reshape(kernel.shape).astype(kernel.dtype)
 
 
 depthwise_conv_shift_add.defvjp(_depthwise_forward, _depthwise_backward)
@@ -123,6 +143,7 @@ class Conv2d(nnx.Module):
     The kernel is HWIO: (kh, kw, in_features // groups, out_features).
     `impl='auto'` computes 1x1 convs as matrix products and, on CPU, depthwise convs as shifted
     multiply-adds (both faster there, same maths); `impl='xla'` always uses `lax.conv_general_dilated`.
+    `dtype` is the compute dtype: input, kernel and bias are cast to it, the kernel is stored in float32.
     """
 
     def __init__(
@@ -135,6 +156,7 @@ class Conv2d(nnx.Module):
         groups: int = 1,
         use_bias: bool = False,
         impl: str = "auto",
+        dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         if in_features % groups or out_features % groups:
@@ -146,12 +168,13 @@ class Conv2d(nnx.Module):
         self.kernel_size, self.stride, self.groups = (kh, kw), stride, groups
         self.padding = (((kh - 1) // 2,) * 2, ((kw - 1) // 2,) * 2)
         self.impl = impl
+        self.dtype = compute_dtype(dtype)
         init = torch_uniform_init(in_features // groups * kh * kw)
         self.kernel = nnx.Param(init(rngs.params(), (kh, kw, in_features // groups, out_features)))
         self.bias = nnx.Param(init(rngs.params(), (out_features,))) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.kernel.value
+        x, kernel = x.astype(self.dtype), self.kernel.value.astype(self.dtype)
         pointwise = self.kernel_size == (1, 1) and self.stride == 1 and self.groups == 1
         depthwise = self.groups == self.in_features == self.out_features
         if self.impl == "auto" and pointwise:
@@ -168,7 +191,7 @@ class Conv2d(nnx.Module):
                 feature_group_count=self.groups,
             )
         if self.bias is not None:
-            y = y + self.bias.value
+            y = y + self.bias.value.astype(self.dtype)
         return y
 
 
@@ -179,6 +202,7 @@ class BatchNorm(nnx.Module):
     with the unbiased batch variance (n / (n - 1)), as PyTorch does, and `momentum` is the weight of the old
     running value (Flax convention; 0.9 here is PyTorch's momentum=0.1). With `axis_name` set (inside
     `jax.pmap`), the batch statistics are averaged over that axis, i.e. computed over the global batch.
+    The output has the input's dtype; statistics and normalisation are computed in float32 whatever it is.
     """
 
     def __init__(
@@ -204,8 +228,10 @@ class BatchNorm(nnx.Module):
             mean, var = self.mean.value, self.var.value
         else:
             mean, var = self._batch_statistics(x)
+        # Normalised in float32 and rounded once: (x - mean) in bfloat16 cancels when |mean| >> std. One fused
+        # elementwise pass either way, reading and writing the input's dtype.
         inv = self.scale.value * jax.lax.rsqrt(var + self.epsilon)
-        return (x - mean) * inv + self.bias.value
+        return ((x.astype(jnp.float32) - mean) * inv + self.bias.value).astype(x.dtype)
 
     def _batch_statistics(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         axes = tuple(range(x.ndim - 1))
@@ -224,7 +250,7 @@ class BatchNorm(nnx.Module):
         m = self.momentum
         self.mean.value = m * self.mean.value + (1 - m) * mean
         self.var.value = m * self.var.value + (1 - m) * unbiased
-        return mean.astype(x.dtype), var.astype(x.dtype)
+        return mean, var
 
     def fold(self) -> tuple[jax.Array, jax.Array]:
         """(scale, shift) with BN(x) == x * scale + shift in eval mode: the fusion maths' t and b'."""
@@ -328,8 +354,8 @@ def _double_axis(x: jax.Array, axis: int, method: str) -> jax.Array:
         shape = (n,) + (1,) * (x.ndim - 1 - axis)
         even_weight, odd_weight = np.full(shape, 0.75, np.float32), np.full(shape, 0.25, np.float32)
         even_weight[0], odd_weight[-1] = 1.0, 0.0
-        even = _lerp(_neighbour(x, axis, -1), x, even_weight)
-        odd = _lerp(x, _neighbour(x, axis, 1), odd_weight)
+        even = _lerp(_neighbour(x, axis, -1), x, jnp.asarray(even_weight, x.dtype))
+        odd = _lerp(x, _neighbour(x, axis, 1), jnp.asarray(odd_weight, x.dtype))
     doubled = jnp.stack([even, odd], axis=axis + 1)
     return doubled.reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1 :])
 
@@ -341,7 +367,7 @@ def _resize_axis(x: jax.Array, axis: int, out_size: int, method: str) -> jax.Arr
     if method == "nearest":
         return jnp.take(x, nearest_indices(in_size, out_size), axis=axis)
     lower, upper, weight = bilinear_taps(in_size, out_size)
-    weight = weight.reshape((-1,) + (1,) * (x.ndim - 1 - axis))
+    weight = jnp.asarray(weight.reshape((-1,) + (1,) * (x.ndim - 1 - axis)), x.dtype)
     return _lerp(jnp.take(x, lower, axis=axis), jnp.take(x, upper, axis=axis), weight)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from flax import nnx
 
 from ghostnet_jax.models.ghostnet import GhostNet, RepSettings
-from ghostnet_jax.models.layers import DFC_UPSAMPLE_MODES
+from ghostnet_jax.models.layers import DFC_UPSAMPLE_MODES, compute_dtype
 
 # name -> (version, width), the timm 1.0.31 registry.
 VARIANTS: dict[str, tuple[int, float]] = {
@@ -26,7 +26,7 @@ VARIANTS: dict[str, tuple[int, float]] = {
 }
 
 # Overrides every version accepts, then those that only make sense with DFC (V2+) or re-parameterisation (V3).
-_COMMON_OVERRIDES = {"width", "dropout", "in_chans"}
+_COMMON_OVERRIDES = {"width", "dropout", "in_chans", "dtype"}
 _DFC_OVERRIDES = {"dfc_upsample"}
 _REP_OVERRIDES = {"num_conv_branches", "scale_branch", "identity_branch"}
 
@@ -46,7 +46,8 @@ def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = 
     """Builds the named variant in train mode (call `.eval()` for inference).
 
     Overrides: `width` (any positive multiplier), `dropout` (head dropout rate, default 0.2), `in_chans`
-    (default 3); V2/V3: `dfc_upsample` ('bilinear', the default, or 'nearest', the reference code's rule);
+    (default 3), `dtype` (compute dtype: 'float32', the default, or 'bfloat16'; parameters stay float32);
+    V2/V3: `dfc_upsample` ('bilinear', the default, or 'nearest', the reference code's rule);
     V3: `num_conv_branches` (N >= 1, default 3), `scale_branch` and `identity_branch` (default True).
     """
     allowed = allowed_overrides(name)  # raises for an unknown name
@@ -86,6 +87,7 @@ def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = 
         in_chans=in_chans,
         dfc_upsample=dfc_upsample,
         rep=rep,
+        dtype=compute_dtype(overrides.get("dtype", "float32")),
         rngs=rngs if rngs is not None else nnx.Rngs(0),
     )
 

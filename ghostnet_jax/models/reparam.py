@@ -89,6 +89,7 @@ class RepConv(nnx.Module):
             stride=self.stride,
             groups=self.groups,
             use_bias=True,
+            dtype=self.branches[0].conv.dtype,
             rngs=nnx.Rngs(0),
         )
         conv.kernel.value, conv.bias.value = self.fused_kernel_bias()

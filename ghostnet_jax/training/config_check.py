@@ -5,6 +5,12 @@ from __future__ import annotations
 import ml_collections
 
 from ghostnet_jax.models import list_models
+from ghostnet_jax.models.ghostnet import REMAT_MODES
+from ghostnet_jax.models.layers import COMPUTE_DTYPES
+
+_DTYPE_REQUIREMENT = (
+    f"must be 'auto' or one of {COMPUTE_DTYPES} (float16 is not supported: it needs loss scaling; use bfloat16)"
+)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -12,6 +18,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     checks = [
         ("mode", config.mode in ("train", "eval"), "must be 'train' or 'eval'"),
         ("model.name", config.model.name in list_models(), f"must be one of {list_models()}"),
+        ("model.dtype", config.model.dtype in ("auto", *COMPUTE_DTYPES), _DTYPE_REQUIREMENT),
+        ("remat", config.remat in REMAT_MODES, f"must be one of {REMAT_MODES}"),
         ("batch_size", config.batch_size > 0, "must be positive"),
         ("num_epochs", config.num_epochs > 0, "must be positive"),
         ("max_steps", config.max_steps is None or config.max_steps > 0, "must be positive or None"),

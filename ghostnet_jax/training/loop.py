@@ -19,6 +19,7 @@ from ghostnet_jax.checkpoint import load_model, model_spec, model_variables
 from ghostnet_jax.data.pipeline import dataset_info, eval_batches, prefetch_to_device, train_batches
 from ghostnet_jax.models import allowed_overrides, create_model, fuse
 from ghostnet_jax.training.checkpointing import BEST_METRIC, TrainCheckpointer
+from ghostnet_jax.training.compilation_cache import use_compilation_cache
 from ghostnet_jax.training.config_check import validate_config
 from ghostnet_jax.training.logger import MetricLogger
 from ghostnet_jax.training.optim import create_optimizer, learning_rate_schedule
@@ -30,20 +31,28 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; the run stops and nothing from after the last good checkpoint is saved."""
 
 
+def resolve_dtype(dtype: str) -> str:
+    """'auto' is bfloat16 on TPU and GPU and float32 on CPU (XLA's CPU backend runs bfloat16 several times slower)."""
+    if dtype != "auto":
+        return dtype
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
 def model_overrides(config: ml_collections.ConfigDict, channels: int) -> dict[str, Any]:
     """The config's model overrides that are set (not None), checked against what the variant accepts."""
     overrides = {k: v for k, v in config.model.items() if k != "name" and v is not None}
     not_allowed = set(overrides) - allowed_overrides(config.model.name)
     if not_allowed:
         raise ValueError(f"config.model.{sorted(not_allowed)[0]} does not apply to {config.model.name}")
-    return {**overrides, "in_chans": channels}
+    return {**overrides, "in_chans": channels, "dtype": resolve_dtype(config.model.dtype)}
 
 
-def load_teacher(config: ml_collections.ConfigDict, num_classes: int, channels: int):
-    """The distillation teacher, read-only, in eval mode: (graphdef, variables), or (None, None) if alpha=0."""
+def load_teacher(config: ml_collections.ConfigDict, num_classes: int, channels: int, dtype: str):
+    """The distillation teacher, read-only, in eval mode and the student's compute dtype: (graphdef, variables),
+    or (None, None) if alpha=0."""
     if config.distill.alpha == 0:
         return None, None
-    teacher, spec = load_model(config.distill.teacher)
+    teacher, spec = load_model(config.distill.teacher, dtype=dtype)
     if spec["num_classes"] != num_classes or teacher.stem.conv.in_features != channels:
         raise ValueError(
             f"teacher {config.distill.teacher} ({spec['name']}, {spec['num_classes']} classes, "
@@ -130,6 +139,7 @@ def step_counts(config: ml_collections.ConfigDict, num_train: int) -> tuple[int,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
     """Trains (or with mode='eval' evaluates) as `config` says, in `workdir`; returns the final metrics."""
     validate_config(config)
+    use_compilation_cache(config.compilation_cache_dir)
     workdir = Path(workdir).absolute()
     is_main = jax.process_index() == 0
     if is_main:
@@ -139,6 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     info = dataset_info(config.data)
     overrides = model_overrides(config, info.channels)
     model = create_model(config.model.name, num_classes=info.num_classes, rngs=nnx.Rngs(config.seed), **overrides)
+    model.remat = config.remat
     if config.cross_device_bn:
         model.set_attributes(axis_name=AXIS, raise_if_not_found=False)
     graphdef, params, batch_stats, rest = split_model(model)
@@ -167,7 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         print(f"eval at step {start_step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return metrics
 
-    teacher_graphdef, teacher_variables = load_teacher(config, info.num_classes, info.channels)
+    teacher_graphdef, teacher_variables = load_teacher(config, info.num_classes, info.channels, overrides["dtype"])
     train_step = make_train_step(graphdef, tx, schedule, config, info.num_classes, teacher_graphdef)
     p_train_step = jax.pmap(
         train_step, axis_name=AXIS, in_axes=(None, None, None, 0), out_axes=None, donate_argnums=(0,)
