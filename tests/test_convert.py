@@ -9,7 +9,7 @@ import pytest
 import torch
 from flax import nnx
 
-from conftest import randomise_torch_batchnorm
+from conftest import jit_forward, randomise_torch_batchnorm
 from ghostnet_jax.checkpoint import load_model
 from ghostnet_jax.convert import from_torch, main as convert_main
 from ghostnet_jax.models import list_models
@@ -31,7 +31,7 @@ def reference_logits(model, size, seed=0):
 
 
 def assert_matches(model, x, expected):
-    actual = np.asarray(model(jnp.asarray(x.transpose(0, 2, 3, 1))))
+    actual = np.asarray(jit_forward(model, x.transpose(0, 2, 3, 1)))
     tolerance = 1e-4 * max(1.0, np.abs(expected).max())
     np.testing.assert_allclose(actual, expected, rtol=0, atol=tolerance)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import randomise_jax_batchnorm
+from conftest import jit_forward, randomise_jax_batchnorm
 from ghostnet_jax.models import RepConv, create_model, fuse, list_models
 from ghostnet_jax.models.ghostnet import min_input_size
 from ghostnet_jax.summary import count_macs, count_params
@@ -40,20 +40,21 @@ def test_registry_lists_the_timm_names():
 @pytest.mark.parametrize("name", list(SPEC_COUNTS))
 def test_param_and_mac_counts_equal_the_reference(name):
     params, macs, deploy_params, deploy_macs = SPEC_COUNTS[name]
-    model = create_model(name)
+    # Counting needs shapes only: abstract models (nnx.eval_shape) skip initialising millions of weights.
+    model = nnx.eval_shape(lambda: create_model(name))
     assert count_params(model) == params
     assert count_macs(model, 224) == macs
     if deploy_params is not None:
-        deployed = fuse(model)
+        deployed = nnx.eval_shape(lambda: fuse(create_model(name)))
         assert count_params(deployed) == deploy_params
         assert count_macs(deployed, 224) == deploy_macs
 
 
 def test_headless_model_drops_exactly_the_classifier():
-    assert count_params(create_model("ghostnet_100", num_classes=0)) == 3_901_508
     features = create_model("ghostnet_100", num_classes=0)
+    assert count_params(features) == 3_901_508
     features.eval()
-    assert features(images((2, 64, 64, 3))).shape == (2, 1280)
+    assert jit_forward(features, images((2, 64, 64, 3))).shape == (2, 1280)
 
 
 @pytest.mark.parametrize("name", V3_NAMES)
@@ -62,11 +63,11 @@ def test_fused_v3_equals_multi_branch_v3_in_eval_mode(name):
     randomise_jax_batchnorm(model, seed=1)
     model.eval()
     x = images((2, 96, 80, 3))
-    expected = model(x)
+    expected = jit_forward(model, x)
     deployed = fuse(model)
     assert not any(isinstance(m, RepConv) for _, m in nnx.iter_graph(deployed))
     assert any(isinstance(m, RepConv) for _, m in nnx.iter_graph(model)), "fuse must not modify its input"
-    np.testing.assert_allclose(np.asarray(deployed(x)), np.asarray(expected), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(jit_forward(deployed, x)), np.asarray(expected), atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -80,7 +81,7 @@ def test_fused_v3_equals_multi_branch_v3_in_eval_mode(name):
     ],
 )
 def test_v3_ablation_overrides_change_branches_and_still_fuse_exactly(overrides):
-    base = create_model("ghostnetv3_050")
+    base = nnx.eval_shape(lambda: create_model("ghostnetv3_050"))
     model = create_model("ghostnetv3_050", rngs=nnx.Rngs(2), **overrides)
     sites = [m for _, m in nnx.iter_graph(model) if isinstance(m, RepConv)]
     assert all(len(site.branches) == overrides.get("num_conv_branches", 3) for site in sites)
@@ -95,7 +96,7 @@ def test_v3_ablation_overrides_change_branches_and_still_fuse_exactly(overrides)
     randomise_jax_batchnorm(model, seed=2)
     model.eval()
     x = images((1, 64, 64, 3))
-    np.testing.assert_allclose(np.asarray(fuse(model)(x)), np.asarray(model(x)), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(jit_forward(fuse(model), x)), np.asarray(jit_forward(model, x)), atol=1e-5)
 
 
 def test_any_positive_width_builds_with_reference_rounding():
@@ -103,7 +104,7 @@ def test_any_positive_width_builds_with_reference_rounding():
     assert model.stem.conv.out_features == 12  # make_divisible(16 * 0.75, 4)
     assert model.final_conv.bn.num_features == 720
     model.eval()
-    assert model(images((1, 64, 64, 3))).shape == (1, 1000)
+    assert jit_forward(model, images((1, 64, 64, 3))).shape == (1, 1000)
 
 
 def test_both_dfc_upsampling_modes_run_and_differ_where_the_rules_differ():
@@ -112,7 +113,7 @@ def test_both_dfc_upsampling_modes_run_and_differ_where_the_rules_differ():
         model = create_model("ghostnetv2_100", dfc_upsample=method, rngs=nnx.Rngs(3))
         randomise_jax_batchnorm(model, seed=3)
         model.eval()
-        outputs[method] = np.asarray(model(images((1, 224, 224, 3))))
+        outputs[method] = np.asarray(jit_forward(model, images((1, 224, 224, 3))))
     assert all(np.isfinite(out).all() for out in outputs.values())
     assert np.abs(outputs["bilinear"] - outputs["nearest"]).max() > 1e-5
 
@@ -122,23 +123,23 @@ def test_min_input_size_is_where_the_last_dfc_pool_becomes_empty():
     assert min_input_size(dfc=True) == 33 and min_input_size(dfc=False) == 1
     model = create_model("ghostnetv3_050")
     model.eval()
-    assert model(images((1, 33, 40, 3))).shape == (1, 1000)
+    assert jit_forward(model, images((1, 33, 40, 3))).shape == (1, 1000)
     with pytest.raises(ValueError, match=r"too small.*at least 33x33"):
         model(images((1, 32, 64, 3)))
     v1 = create_model("ghostnet_050")
     v1.eval()
-    assert v1(images((1, 16, 16, 3))).shape == (1, 1000)
+    assert jit_forward(v1, images((1, 16, 16, 3))).shape == (1, 1000)
 
 
 def test_train_mode_updates_batch_statistics_and_applies_dropout():
     model = create_model("ghostnet_050", dropout=0.5)
     before = np.asarray(model.stem.bn.mean.value)
     x = images((4, 64, 64, 3))
-    first, second = model(x), model(x)
+    first, second = jit_forward(model, x), jit_forward(model, x)
     assert not np.allclose(np.asarray(model.stem.bn.mean.value), before)
     assert not np.allclose(np.asarray(first), np.asarray(second))  # different dropout masks
     model.eval()
-    np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(model(x)))
+    np.testing.assert_array_equal(np.asarray(jit_forward(model, x)), np.asarray(jit_forward(model, x)))
 
 
 @pytest.mark.parametrize(
@@ -175,6 +176,6 @@ def test_fast_conv_paths_give_the_same_network_in_eval_mode():
     randomise_jax_batchnorm(model, seed=5)
     model.eval()
     x = images((2, 64, 48, 3))
-    fast = np.asarray(model(x))
+    fast = np.asarray(jit_forward(model, x))
     model.set_attributes(impl="xla", raise_if_not_found=False)
-    np.testing.assert_allclose(fast, np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fast, np.asarray(jit_forward(model, x)), rtol=1e-5, atol=1e-5)

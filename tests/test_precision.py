@@ -10,7 +10,7 @@ import torch
 from flax import nnx
 
 from configs import v3
-from conftest import randomise_jax_batchnorm
+from conftest import jit_forward, randomise_jax_batchnorm
 from ghostnet_jax.checkpoint import load_model, model_spec, save_model
 from ghostnet_jax.convert import from_torch
 from ghostnet_jax.models import create_model, fuse
@@ -20,11 +20,6 @@ from ghostnet_jax.training.losses import cross_entropy
 from ghostnet_jax.training.state import split_model
 
 BF16, F32 = jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)
-
-
-def forward(model: nnx.Module, x: jax.Array) -> jax.Array:
-    graphdef, state = nnx.split(model)
-    return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))(state, x)
 
 
 def with_dtype(model: nnx.Module, dtype: str) -> nnx.Module:
@@ -67,7 +62,7 @@ def test_bfloat16_logits_are_close_to_float32_on_the_same_weights(name, override
     model.eval()
     model = fuse(model) if fused else model
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 64, 64, 3)), jnp.float32)
-    exact, half = forward(model, x), forward(with_dtype(model, "bfloat16"), x)
+    exact, half = jit_forward(model, x), jit_forward(with_dtype(model, "bfloat16"), x)
     assert half.dtype == jnp.float32
     if fused:
         assert all(conv.dtype == BF16 for _, conv in nnx.iter_graph(with_dtype(model, "bfloat16"))
