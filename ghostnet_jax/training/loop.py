@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import signal
-import sys
-from pathlib import Path
+import os
 from typing import Any, Callable
 
 import jax
@@ -18,16 +17,28 @@ from flax import nnx
 from ghostnet_jax.checkpoint import load_model, model_spec, model_variables
 from ghostnet_jax.data.pipeline import dataset_info, eval_batches, prefetch_to_device, train_batches
 from ghostnet_jax.models import allowed_overrides, create_model, fuse
+from ghostnet_jax.storage import storage_path
+from ghostnet_jax.training import hosts
 from ghostnet_jax.training.checkpointing import BEST_METRIC, TrainCheckpointer
 from ghostnet_jax.training.config_check import validate_config
+from ghostnet_jax.training.config_diff import config_differences
 from ghostnet_jax.training.logger import MetricLogger
 from ghostnet_jax.training.optim import create_optimizer, learning_rate_schedule
 from ghostnet_jax.training.state import TrainState, create_train_state, split_model
 from ghostnet_jax.training.steps import AXIS, make_eval_step, make_train_step
 
 
+# The exit code of a run stopped by SIGTERM after writing its checkpoint: non-zero, so that a supervisor (a shell
+# loop, Kubernetes, a pod's startup script) reruns the command, which resumes. A finished run exits 0.
+PREEMPTED_EXIT_CODE = 42
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; the run stops and nothing from after the last good checkpoint is saved."""
+
+
+class Preempted(Exception):
+    """Raised once every process has written the checkpoint at the agreed step after a SIGTERM."""
 
 
 def model_overrides(config: ml_collections.ConfigDict, channels: int) -> dict[str, Any]:
@@ -86,31 +97,6 @@ class Evaluator:
         return {k: float(np.asarray(v).reshape(-1)[0]) / count for k, v in totals.items() if k != "count"}
 
 
-class PreemptionFlag:
-    """Set by SIGTERM (Cloud TPU preemption): the loop checkpoints and exits at the next step boundary."""
-
-    def __init__(self):
-        self.raised = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: checkpointing and exiting")
-        self.raised = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
-
-
-def replicated(tree):
-    """`tree` placed as the pmapped step returns its state (replicated over the local devices).
-
-    Without this the first step's input (on one device) and every later step's input differ in sharding,
-    and XLA compiles the whole train step twice.
-    """
-    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (AXIS,))
-    return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-
-
 def _all_finite(tree) -> bool:
     return bool(jax.device_get(jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda x: jnp.isfinite(x).all(), tree))))
 
@@ -127,14 +113,21 @@ def step_counts(config: ml_collections.ConfigDict, num_train: int) -> tuple[int,
     return steps_per_epoch, total_steps
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
-    """Trains (or with mode='eval' evaluates) as `config` says, in `workdir`; returns the final metrics."""
+def saved_config(workdir) -> dict | None:
+    """The config.json a previous run wrote in `workdir`, or None."""
+    path = workdir / "config.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
+    """Trains (or with mode='eval' evaluates) as `config` says, in `workdir` (a path or URL); returns the final
+    metrics. Raises `Preempted` after checkpointing when SIGTERM stopped the run."""
     validate_config(config)
-    workdir = Path(workdir).absolute()
-    is_main = jax.process_index() == 0
-    if is_main:
+    workdir = storage_path(workdir)
+    is_main = hosts.is_main()
+    read_only = config.mode == "eval"
+    if is_main and not read_only:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
     info = dataset_info(config.data)
     overrides = model_overrides(config, info.channels)
@@ -149,9 +142,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     tx = create_optimizer(config.optim, schedule)
     state = create_train_state(params, batch_stats, tx, config.seed)
 
-    checkpointer = TrainCheckpointer(workdir / "checkpoints", keep=config.keep_checkpoints, spec=spec)
-    restored = checkpointer.restore_latest(jax.tree.map(jnp.asarray, state))
-    state = replicated(restored if restored is not None else state)
+    checkpointer = TrainCheckpointer(
+        workdir / "checkpoints", keep=config.keep_checkpoints, spec=spec, read_only=read_only
+    )
+    current_config = json.loads(config.to_json_best_effort())
+    restored = checkpointer.restore_latest(state, config_differences(saved_config(workdir), current_config))
+    state = hosts.replicated(restored if restored is not None else state)
+    if is_main and not read_only:  # written once the checkpoints are known to fit this config
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     start_step = int(jax.device_get(state.step))
     evaluator = Evaluator(model, config)
 
@@ -177,7 +175,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     )
     eval_every = max(int(round(config.eval_every_epochs * steps_per_epoch)), 1)
     logger = MetricLogger(workdir, total_steps=total_steps, batch_size=config.batch_size, enabled=is_main)
-    preemption = PreemptionFlag()
+    preemption = hosts.Preemption()
+    preempted = False
     metrics: dict[str, float] = {}
     try:
         for step in range(start_step, total_steps):
@@ -192,18 +191,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if evaluated:
                 metrics = evaluate(state)
                 logger.log_eval(done, metrics)
-            if evaluated or done % config.checkpoint_every_steps == 0 or preemption.raised:
+            preempted = preemption.reached(done)
+            if evaluated or done % config.checkpoint_every_steps == 0 or preempted:
                 if not _all_finite((state.params, state.batch_stats)):
                     raise NonFiniteLossError(f"non-finite parameters at step {done}; last good checkpoint kept")
                 ema_variables = model_variables(evaluator.model_with(state.ema_params, state.ema_batch_stats))
                 checkpointer.save(state, ema_variables, metrics if evaluated else None)
-            if preemption.raised:
-                logging.warning("preempted at step %d; checkpoint written", done)
-                sys.exit(0)
+            if preempted:
+                break
     finally:
-        preemption.restore()
+        batches.close()  # stops tf.data's threads now, not at interpreter exit
+        preemption.close()
         checkpointer.close()
         logger.close()
+    if preempted:
+        raise Preempted(f"preempted at step {done}; checkpoint written in {checkpointer.directory}")
     summary = f"final: step {total_steps}, test top-1 (EMA weights) = {metrics.get(BEST_METRIC, float('nan')):.4f}"
     print(summary + (f", raw weights = {metrics['top1']:.4f}" if "top1" in metrics else ""))
     return metrics
