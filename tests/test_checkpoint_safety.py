@@ -20,11 +20,6 @@ def run_config(data_dir, **changes):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="module")
 def run(data_dir, tmp_path_factory):
     """8 steps, a checkpoint after every step, an evaluation every 2 steps, `keep_checkpoints=KEEP`."""
     workdir = tmp_path_factory.mktemp("run")

@@ -1,4 +1,4 @@
-"""Training checkpoints: periodic, atomic (Orbax), exactly the latest N plus the best kept, never destroyed by a restore.
+"""Training checkpoints: periodic, atomic (Orbax), exactly the latest N plus the best kept, never lost to a restore.
 
 Each step directory holds `train_state` (everything needed to resume bit for bit), plus `model` and
 `spec` in the format of `ghostnet_jax.checkpoint`, holding the EMA weights: so any training run's
@@ -68,7 +68,12 @@ class TrainCheckpointer:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy, enable_async_checkpointing=False, read_only=read_only, create=not read_only
         )
-        self.manager = ocp.CheckpointManager(storage_path(directory), options=options)
+        handlers = {
+            STATE_ITEM: ocp.StandardCheckpointHandler(),
+            MODEL_ITEM: ocp.StandardCheckpointHandler(),
+            SPEC_ITEM: ocp.JsonCheckpointHandler(),
+        }  # known up front, so that a step's metadata can be read before anything was restored
+        self.manager = ocp.CheckpointManager(storage_path(directory), options=options, item_handlers=handlers)
 
     @property
     def directory(self):

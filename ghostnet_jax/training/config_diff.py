@@ -9,11 +9,12 @@ _SPEC_FIELDS = {"name": "model.name", "num_classes": "data.num_classes", "fused"
 _OVERRIDE_FIELDS = {"in_chans": "data.name (image channels)"}
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """{'optim.name': 'sgd', ...}: nested dicts as dotted field names."""
     if not isinstance(tree, dict) or not tree:
         return {prefix: tree}
-    return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}.{key}" if prefix else key).items()}
+    return {name: leaf for key, value in tree.items()
+            for name, leaf in flatten(value, f"{prefix}.{key}" if prefix else key).items()}
 
 
 def _as_json(value: Any) -> Any:
@@ -44,6 +45,6 @@ def config_differences(saved: dict[str, Any] | None, current: dict[str, Any]) ->
     """'optim.name: 'sgd' in config.json, 'adamw' in this config' for each field that differs (none if not saved)."""
     if saved is None:
         return []
-    saved, current = _flatten(_as_json(saved)), _flatten(_as_json(current))
+    saved, current = flatten(_as_json(saved)), flatten(_as_json(current))
     return [f"{key}: {saved.get(key)!r} in config.json, {current.get(key)!r} in this config"
             for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]

@@ -85,6 +85,7 @@ class Evaluator:
 
     def __call__(self, params: nnx.State, batch_stats: nnx.State) -> dict[str, float]:
         graphdef, variables = nnx.split(self.deploy_model(params, batch_stats))
+        variables = hosts.replicated(variables)  # placed once per evaluation, not sent again with every batch
         if graphdef not in self._steps:
             self._steps[graphdef] = jax.pmap(make_eval_step(graphdef), axis_name=AXIS, in_axes=(None, 0))
         step = self._steps[graphdef]
@@ -97,8 +98,16 @@ class Evaluator:
         return {k: float(np.asarray(v).reshape(-1)[0]) / count for k, v in totals.items() if k != "count"}
 
 
-def _all_finite(tree) -> bool:
-    return bool(jax.device_get(jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda x: jnp.isfinite(x).all(), tree))))
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """One compiled reduction (op-by-op it compiled a kernel per leaf shape, seconds at the first checkpoint)."""
+    return jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda x: jnp.isfinite(x).all(), tree))
+
+
+@jax.jit
+def _still_finite(ok: jax.Array, loss: jax.Array) -> jax.Array:
+    """The NaN guard's per-step update, on device: the host reads it only at logs and checkpoints."""
+    return ok & jnp.isfinite(loss).all()
 
 
 def step_counts(config: ml_collections.ConfigDict, num_train: int) -> tuple[int, int]:
@@ -162,10 +171,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             raise FileNotFoundError(f"mode=eval but {workdir / 'checkpoints'} holds no checkpoint")
         checkpointer.close()
         metrics = evaluate(state)
-        print(f"eval at step {start_step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if is_main:
+            print(f"eval at step {start_step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return metrics
 
     teacher_graphdef, teacher_variables = load_teacher(config, info.num_classes, info.channels)
+    teacher_variables = hosts.replicated(teacher_variables)  # placed once, not sent to every device at every step
     train_step = make_train_step(graphdef, tx, schedule, config, info.num_classes, teacher_graphdef)
     p_train_step = jax.pmap(
         train_step, axis_name=AXIS, in_axes=(None, None, None, 0), out_axes=None, donate_argnums=(0,)
@@ -174,14 +185,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         train_batches(config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step)
     )
     eval_every = max(int(round(config.eval_every_epochs * steps_per_epoch)), 1)
-    logger = MetricLogger(workdir, total_steps=total_steps, batch_size=config.batch_size, enabled=is_main)
+    logger = MetricLogger(
+        workdir, start_step=start_step, total_steps=total_steps, batch_size=config.batch_size, enabled=is_main
+    )
     preemption = hosts.Preemption()
     preempted = False
+    losses_finite = jnp.bool_(True)
     metrics: dict[str, float] = {}
     try:
         for step in range(start_step, total_steps):
             state, step_metrics = p_train_step(state, rest, teacher_variables, next(batches))
             done = step + 1
+            losses_finite = _still_finite(losses_finite, step_metrics["loss"])
             if done % config.log_every_steps == 0 or done == total_steps:
                 values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
                 if not all(math.isfinite(v) for v in values.values()):
@@ -193,8 +208,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 logger.log_eval(done, metrics)
             preempted = preemption.reached(done)
             if evaluated or done % config.checkpoint_every_steps == 0 or preempted:
-                if not _all_finite((state.params, state.batch_stats)):
-                    raise NonFiniteLossError(f"non-finite parameters at step {done}; last good checkpoint kept")
+                if not (losses_finite & _all_finite((state.params, state.batch_stats))):
+                    raise NonFiniteLossError(f"non-finite loss or parameters by step {done}; last good checkpoint kept")
                 ema_variables = model_variables(evaluator.model_with(state.ema_params, state.ema_batch_stats))
                 checkpointer.save(state, ema_variables, metrics if evaluated else None)
             if preempted:
@@ -207,5 +222,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if preempted:
         raise Preempted(f"preempted at step {done}; checkpoint written in {checkpointer.directory}")
     summary = f"final: step {total_steps}, test top-1 (EMA weights) = {metrics.get(BEST_METRIC, float('nan')):.4f}"
-    print(summary + (f", raw weights = {metrics['top1']:.4f}" if "top1" in metrics else ""))
+    if is_main:
+        print(summary + (f", raw weights = {metrics['top1']:.4f}" if "top1" in metrics else ""))
     return metrics
