@@ -6,6 +6,7 @@ checkpoint (rerun the same command to resume), anything else on an error.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -31,7 +32,13 @@ def main(argv: list[str]) -> None:
         train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except Preempted as preempted:
         logging.warning("%s; exiting with code %d", preempted, PREEMPTED_EXIT_CODE)
-        sys.exit(PREEMPTED_EXIT_CODE)
+        logging.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # The checkpoint is complete and every file is closed. The interpreter's teardown is skipped: there the
+        # destruction of the tf.data iterator was measured to block for 8-40 s (and jax.distributed's shutdown then
+        # waits for it on every other process), longer than a preemption notice leaves.
+        os._exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -215,7 +215,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             if preempted:
                 break
     finally:
-        batches.close()  # stops tf.data's threads now, not at interpreter exit
+        if not preempted:  # destroying tf.data's iterator can block for tens of seconds: a preempted run skips it
+            batches.close()
         preemption.close()
         checkpointer.close()
         logger.close()
