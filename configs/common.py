@@ -12,7 +12,15 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.mode = "train"  # 'train', or 'eval' to evaluate the latest checkpoint in --workdir
     c.seed = 0
-    c.multihost = False  # call jax.distributed.initialize() (Cloud TPU pods, multi-node GPU)
+    c.multihost = False  # call jax.distributed.initialize() (Cloud TPU pods, multi-node GPU, several processes)
+    # Where auto-detection does not apply (anything but Cloud TPU, SLURM, Open MPI, Kubernetes): set all three.
+    c.distributed = ml_collections.ConfigDict(
+        dict(
+            coordinator_address=ml_collections.FieldReference(None, field_type=str),  # HOST:PORT of process 0
+            num_processes=ml_collections.FieldReference(None, field_type=int),
+            process_id=ml_collections.FieldReference(None, field_type=int),
+        )
+    )
 
     # Model: registry name; None means the variant's own default for that override.
     c.model = ml_collections.ConfigDict(

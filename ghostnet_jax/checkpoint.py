@@ -7,15 +7,17 @@ enough to rebuild the network without any other configuration, e.g. to load a di
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from ghostnet_jax.models import create_model, fuse
 from ghostnet_jax.models.ghostnet import GhostNet
+from ghostnet_jax.storage import storage_path
 
 MODEL_ITEM, SPEC_ITEM = "model", "spec"
 
@@ -40,9 +42,11 @@ def model_variables(model: nnx.Module) -> dict:
     return nnx.state(model, (nnx.Param, nnx.BatchStat)).to_pure_dict()
 
 
-def save_model(directory: str | Path, model: nnx.Module, spec: dict[str, Any], *, step: int = 0) -> Path:
+def save_model(
+    directory: str | os.PathLike, model: nnx.Module, spec: dict[str, Any], *, step: int = 0
+) -> epath.Path:
     """Writes `model` and its `spec` as step `step` of a new checkpoint directory (refuses to overwrite)."""
-    directory = Path(directory).absolute()
+    directory = storage_path(directory)
     if directory.exists() and any(directory.iterdir()):
         raise FileExistsError(f"{directory} already exists and is not empty; choose a new output directory")
     with ocp.CheckpointManager(directory) as manager:
@@ -57,11 +61,11 @@ def save_model(directory: str | Path, model: nnx.Module, spec: dict[str, Any], *
 
 
 def load_model(
-    directory: str | Path, *, step: int | None = None, dtype: str | None = None
+    directory: str | os.PathLike, *, step: int | None = None, dtype: str | None = None
 ) -> tuple[GhostNet, dict[str, Any]]:
     """Restores the network saved in `directory` (latest step by default), in eval mode, with its spec; `dtype`
     sets the compute dtype (default: the one it was trained with)."""
-    directory = Path(directory).absolute()
+    directory = storage_path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoint directory at {directory}")
     with ocp.CheckpointManager(directory) as manager:

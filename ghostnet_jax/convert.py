@@ -22,6 +22,7 @@ from flax import nnx
 from ghostnet_jax.checkpoint import model_spec, save_model
 from ghostnet_jax.models import allowed_overrides, create_model, fuse
 from ghostnet_jax.models.ghostnet import GhostNet
+from ghostnet_jax.storage import storage_path
 
 # ghostnet_jax site name -> prefix of the reference's re-parameterised branch names.
 _REP_SITES = {"primary_conv": "primary", "cheap_operation": "cheap", "conv_dw": "dw"}
@@ -215,13 +216,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--override", action="append", type=_parse_override, default=[], help="KEY=VALUE model override")
     parser.add_argument("--no-ema", action="store_true", help="use `state_dict` even if `state_dict_ema` exists")
     args = parser.parse_args(argv)
-    output = Path(args.output)
+    output = storage_path(args.output)
     if output.exists() and any(output.iterdir()):
         parser.error(f"--output {output} already exists and is not empty")
     checkpoint = load_checkpoint_file(args.torch_checkpoint)
     model, spec = convert_state_dict(args.model, checkpoint, use_ema=not args.no_ema, **dict(args.override))
     save_model(output, model, spec)
-    print(f"wrote {spec} to {output.absolute()}")
+    print(f"wrote {spec} to {output}")
 
 
 if __name__ == "__main__":

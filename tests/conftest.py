@@ -80,6 +80,12 @@ def timm():
     return timm_module
 
 
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A TFDS data_dir per test module (fashion_mnist_debian is built in it on first use, in seconds)."""
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Each module compiles many networks; dropping them between modules keeps the suite's memory flat."""

@@ -102,6 +102,25 @@ def test_fashion_resume_across_an_epoch_boundary(fashion_config):
     np.testing.assert_array_equal(resumed["image"], next(full)["image"])
 
 
+def test_cached_global_batches_are_the_same_for_any_number_of_processes(fashion_config, monkeypatch):
+    """Two processes (two devices each) together yield the one-process batches, also resumed across an epoch edge."""
+    data = _subset(fashion_config, "train[:200]")  # 200 / 48 = 4.2 batches per epoch
+    one = pipeline.train_batches(data, global_batch_size=48, seed=1)
+    expected = [next(one) for _ in range(6)][3:]
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    shares = []
+    for process in (0, 1):
+        monkeypatch.setattr(jax, "process_index", lambda process=process: process)
+        stream = pipeline.train_batches(data, global_batch_size=48, seed=1, start_step=3)
+        shares.append([next(stream) for _ in range(3)])
+    for batch, first, second in zip(expected, *shares):
+        for key in ("image", "label"):
+            assert first[key].shape[:2] == (DEVICES, 12)
+            joined = np.concatenate([first[key].reshape((24,) + first[key].shape[2:]),
+                                     second[key].reshape((24,) + second[key].shape[2:])])
+            np.testing.assert_array_equal(joined, batch[key].reshape((48,) + batch[key].shape[2:]))
+
+
 def test_fashion_eval_counts_every_example_once(fashion_config):
     labels, count = [], 0
     for batch in pipeline.eval_batches(fashion_config, global_batch_size=768):

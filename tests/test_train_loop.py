@@ -19,11 +19,6 @@ from ghostnet_jax.training.loop import NonFiniteLossError, train_and_evaluate
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
 def tiny_config(data_dir, **changes):
     config = v1.get_config("fashion_mnist")
     config.model.name = "ghostnet_050"
@@ -36,10 +31,16 @@ def tiny_config(data_dir, **changes):
     return config
 
 
-def final_train_state(workdir):
-    with ocp.CheckpointManager(workdir / "checkpoints") as manager:
-        step = manager.latest_step()
-        return step, manager.restore(step, args=ocp.args.Composite(train_state=ocp.args.StandardRestore()))["train_state"]
+def final_train_state(workdir, step=None):
+    """(step, train state as saved) of the latest or given step, on one device whatever topology wrote it."""
+    handlers = {"train_state": ocp.StandardCheckpointHandler()}
+    with ocp.CheckpointManager(workdir / "checkpoints", item_handlers=handlers) as manager:
+        step = manager.latest_step() if step is None else step
+        one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+                              manager.item_metadata(step)["train_state"])
+        restored = manager.restore(step, args=ocp.args.Composite(train_state=ocp.args.StandardRestore(target)))
+        return step, restored["train_state"]
 
 
 def assert_trees_equal(a, b):

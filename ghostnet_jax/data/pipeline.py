@@ -4,8 +4,9 @@ Training is an infinite stream of epochs. Each epoch's order is a pure function 
 augmentation of (seed, process, epoch, position in the epoch), drawn with stateless TF random ops; so
 `train_batches(start_step=k)` yields exactly batches k, k+1, ... of an uninterrupted run. Two sources:
 
-- `cache=True` (small datasets): the host's split is decoded once into memory and each epoch is a full permutation;
-  resuming skips nothing.
+- `cache=True` (small datasets): every host decodes the whole split once into memory, each epoch is a full
+  permutation and each host takes its slice of every global batch; so the global batches (and augmentations) are the
+  same for any number of hosts and devices, and a run can resume on another topology. Resuming skips nothing.
 - otherwise the encoded examples stream from TFDS in file order through a shuffle buffer seeded per epoch; resuming
   mid-epoch reads (without decoding) the examples of that epoch that came before.
 
@@ -95,16 +96,19 @@ def train_batches(
     local_batch = per_device * jax.local_device_count()
     info = dataset_info(data)
     builder = _builder(data)
-    split = _host_split(data.train_split, drop_remainder=True)
-    base_seed = tf.constant([seed, jax.process_index()], tf.int64)
-    if data.cache:
-        images, labels = _load_in_memory(builder, data, split)
+    if data.cache:  # every host holds the whole split and streams the global batches
+        base_seed = tf.constant([seed, 0], tf.int64)
+        images, labels = _load_in_memory(builder, data, data.train_split)
         epoch_records, num_examples = _permuted_epochs(images, labels, base_seed), len(labels)
-    else:
+        stream_batch = global_batch_size
+    else:  # every host streams batches from its own slice of the split
+        base_seed = tf.constant([seed, jax.process_index()], tf.int64)
+        split = _host_split(data.train_split, drop_remainder=True)
         num_examples = _host_size(builder, split, info.num_train)
         epoch_records = _shuffled_epochs(builder, data, split, base_seed)
+        stream_batch = local_batch
 
-    start_epoch, offset = divmod(start_step * local_batch, num_examples)
+    start_epoch, offset = divmod(start_step * stream_batch, num_examples)
 
     def epoch_stream(epoch: tf.Tensor) -> tf.data.Dataset:
         epoch_seed = tf.random.experimental.stateless_fold_in(base_seed, epoch)
@@ -114,6 +118,9 @@ def train_batches(
 
     transform = train_transform(data, info.channels)
     ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch_stream).skip(offset)
+    if stream_batch != local_batch:  # this host's slice of each global batch, before any decoding or augmentation
+        host = jax.process_index()
+        ds = ds.enumerate().filter(lambda i, _: (i % stream_batch) // local_batch == host).map(lambda _, item: item)
     ds = ds.map(lambda example_seed, ex: transform(ex, example_seed), num_parallel_calls=data.num_parallel_calls)
     ds = ds.batch(local_batch, drop_remainder=True)
     yield from _to_device_layout(_with_options(ds).prefetch(tf.data.AUTOTUNE), per_device)
@@ -170,7 +177,12 @@ def _builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     builder = tfds.builder(data.name, data_dir=data.data_dir)
     if data.name in _LOCAL_DATASETS and not builder.is_prepared():
         skip_stats = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
-        builder.download_and_prepare(download_config=skip_stats)
+        try:
+            builder.download_and_prepare(download_config=skip_stats)
+        except FileExistsError:  # another process (a host of this run) prepared it at the same time
+            builder = tfds.builder(data.name, data_dir=data.data_dir)
+            if not builder.is_prepared():
+                raise
     return builder
 
 

@@ -1,7 +1,8 @@
 """Metrics to stdout, TensorBoard and `metrics.jsonl` (process 0 only), with throughput and ETA.
 
 `metrics.jsonl` holds one JSON object per logged step ({"kind": "train"|"eval", "step": ..., metrics}), the
-machine-readable record that experiment reports are built from; a resumed run appends to it.
+machine-readable record that experiment reports are built from. A resumed run first drops the records of the steps
+after its checkpoint (logged by the interrupted run, about to be redone), then appends: no step appears twice.
 """
 
 from __future__ import annotations
@@ -9,11 +10,34 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
+
+from etils import epath
+
+
+class MetricRecords:
+    """`metrics.jsonl` in `workdir` (a path or URL), continued from `start_step`: later records are dropped first."""
+
+    def __init__(self, workdir: epath.Path, start_step: int):
+        path = workdir / "metrics.jsonl"
+        if path.exists():
+            lines = path.read_text().splitlines(keepends=True)
+            kept = [line for line in lines if json.loads(line)["step"] <= start_step]
+            if len(kept) < len(lines):  # rewritten atomically: a rename over the old file
+                partial = workdir / "metrics.jsonl.tmp"
+                partial.write_text("".join(kept))
+                partial.replace(path)
+        self._file = path.open("a")
+
+    def write(self, kind: str, step: int, values: dict[str, float]) -> None:
+        self._file.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class MetricLogger:
-    def __init__(self, workdir: Path, *, total_steps: int, batch_size: int, enabled: bool):
+    def __init__(self, workdir: epath.Path, *, start_step: int, total_steps: int, batch_size: int, enabled: bool):
         self.total_steps, self.batch_size, self.enabled = total_steps, batch_size, enabled
         self.interactive = enabled and sys.stdout.isatty()
         self._last_step, self._last_time = None, time.perf_counter()
@@ -22,13 +46,12 @@ class MetricLogger:
             import tensorflow as tf  # tf.summary writes TensorBoard event files
 
             self._writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
-            self._records = open(workdir / "metrics.jsonl", "a")
+            self._records = MetricRecords(workdir, start_step)
 
     def _scalars(self, step: int, values: dict[str, float], prefix: str) -> None:
         import tensorflow as tf
 
-        self._records.write(json.dumps({"kind": prefix, "step": step, **values}) + "\n")
-        self._records.flush()
+        self._records.write(prefix, step, values)
         with self._writer.as_default(step=step):
             for name, value in values.items():
                 tf.summary.scalar(f"{prefix}/{name}", value)

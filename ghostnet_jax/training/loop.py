@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import signal
-import sys
-from pathlib import Path
+import os
 from typing import Any, Callable
 
 import jax
@@ -18,13 +17,21 @@ from flax import nnx
 from ghostnet_jax.checkpoint import load_model, model_spec, model_variables
 from ghostnet_jax.data.pipeline import dataset_info, eval_batches, prefetch_to_device, train_batches
 from ghostnet_jax.models import allowed_overrides, create_model, fuse
+from ghostnet_jax.storage import storage_path
+from ghostnet_jax.training import hosts
 from ghostnet_jax.training.checkpointing import BEST_METRIC, TrainCheckpointer
 from ghostnet_jax.training.compilation_cache import use_compilation_cache
 from ghostnet_jax.training.config_check import validate_config
+from ghostnet_jax.training.config_diff import config_differences
 from ghostnet_jax.training.logger import MetricLogger
 from ghostnet_jax.training.optim import create_optimizer, learning_rate_schedule
 from ghostnet_jax.training.state import TrainState, create_train_state, split_model
 from ghostnet_jax.training.steps import AXIS, make_eval_step, make_train_step
+
+
+# The exit code of a run stopped by SIGTERM after writing its checkpoint: non-zero, so that a supervisor (a shell
+# loop, Kubernetes, a pod's startup script) reruns the command, which resumes. A finished run exits 0.
+PREEMPTED_EXIT_CODE = 42
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -36,6 +43,10 @@ def resolve_dtype(dtype: str) -> str:
     if dtype != "auto":
         return dtype
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+class Preempted(Exception):
+    """Raised once every process has written the checkpoint at the agreed step after a SIGTERM."""
 
 
 def model_overrides(config: ml_collections.ConfigDict, channels: int) -> dict[str, Any]:
@@ -83,6 +94,7 @@ class Evaluator:
 
     def __call__(self, params: nnx.State, batch_stats: nnx.State) -> dict[str, float]:
         graphdef, variables = nnx.split(self.deploy_model(params, batch_stats))
+        variables = hosts.replicated(variables)  # placed once per evaluation, not sent again with every batch
         if graphdef not in self._steps:
             self._steps[graphdef] = jax.pmap(make_eval_step(graphdef), axis_name=AXIS, in_axes=(None, 0))
         step = self._steps[graphdef]
@@ -95,33 +107,16 @@ class Evaluator:
         return {k: float(np.asarray(v).reshape(-1)[0]) / count for k, v in totals.items() if k != "count"}
 
 
-class PreemptionFlag:
-    """Set by SIGTERM (Cloud TPU preemption): the loop checkpoints and exits at the next step boundary."""
-
-    def __init__(self):
-        self.raised = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: checkpointing and exiting")
-        self.raised = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """One compiled reduction (op-by-op it compiled a kernel per leaf shape, seconds at the first checkpoint)."""
+    return jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda x: jnp.isfinite(x).all(), tree))
 
 
-def replicated(tree):
-    """`tree` placed as the pmapped step returns its state (replicated over the local devices).
-
-    Without this the first step's input (on one device) and every later step's input differ in sharding,
-    and XLA compiles the whole train step twice.
-    """
-    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (AXIS,))
-    return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-
-
-def _all_finite(tree) -> bool:
-    return bool(jax.device_get(jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda x: jnp.isfinite(x).all(), tree))))
+@jax.jit
+def _still_finite(ok: jax.Array, loss: jax.Array) -> jax.Array:
+    """The NaN guard's per-step update, on device: the host reads it only at logs and checkpoints."""
+    return ok & jnp.isfinite(loss).all()
 
 
 def step_counts(config: ml_collections.ConfigDict, num_train: int) -> tuple[int, int]:
@@ -136,15 +131,22 @@ def step_counts(config: ml_collections.ConfigDict, num_train: int) -> tuple[int,
     return steps_per_epoch, total_steps
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
-    """Trains (or with mode='eval' evaluates) as `config` says, in `workdir`; returns the final metrics."""
+def saved_config(workdir) -> dict | None:
+    """The config.json a previous run wrote in `workdir`, or None."""
+    path = workdir / "config.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
+    """Trains (or with mode='eval' evaluates) as `config` says, in `workdir` (a path or URL); returns the final
+    metrics. Raises `Preempted` after checkpointing when SIGTERM stopped the run."""
     validate_config(config)
     use_compilation_cache(config.compilation_cache_dir)
-    workdir = Path(workdir).absolute()
-    is_main = jax.process_index() == 0
-    if is_main:
+    workdir = storage_path(workdir)
+    is_main = hosts.is_main()
+    read_only = config.mode == "eval"
+    if is_main and not read_only:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
     info = dataset_info(config.data)
     overrides = model_overrides(config, info.channels)
@@ -160,9 +162,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     tx = create_optimizer(config.optim, schedule)
     state = create_train_state(params, batch_stats, tx, config.seed)
 
-    checkpointer = TrainCheckpointer(workdir / "checkpoints", keep=config.keep_checkpoints, spec=spec)
-    restored = checkpointer.restore_latest(jax.tree.map(jnp.asarray, state))
-    state = replicated(restored if restored is not None else state)
+    checkpointer = TrainCheckpointer(
+        workdir / "checkpoints", keep=config.keep_checkpoints, spec=spec, read_only=read_only
+    )
+    current_config = json.loads(config.to_json_best_effort())
+    restored = checkpointer.restore_latest(state, config_differences(saved_config(workdir), current_config))
+    state = hosts.replicated(restored if restored is not None else state)
+    if is_main and not read_only:  # written once the checkpoints are known to fit this config
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     start_step = int(jax.device_get(state.step))
     evaluator = Evaluator(model, config)
 
@@ -175,10 +182,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             raise FileNotFoundError(f"mode=eval but {workdir / 'checkpoints'} holds no checkpoint")
         checkpointer.close()
         metrics = evaluate(state)
-        print(f"eval at step {start_step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if is_main:
+            print(f"eval at step {start_step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return metrics
 
     teacher_graphdef, teacher_variables = load_teacher(config, info.num_classes, info.channels, overrides["dtype"])
+    teacher_variables = hosts.replicated(teacher_variables)  # placed once, not sent to every device at every step
     train_step = make_train_step(graphdef, tx, schedule, config, info.num_classes, teacher_graphdef)
     p_train_step = jax.pmap(
         train_step, axis_name=AXIS, in_axes=(None, None, None, 0), out_axes=None, donate_argnums=(0,)
@@ -187,13 +196,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         train_batches(config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step)
     )
     eval_every = max(int(round(config.eval_every_epochs * steps_per_epoch)), 1)
-    logger = MetricLogger(workdir, total_steps=total_steps, batch_size=config.batch_size, enabled=is_main)
-    preemption = PreemptionFlag()
+    logger = MetricLogger(
+        workdir, start_step=start_step, total_steps=total_steps, batch_size=config.batch_size, enabled=is_main
+    )
+    preemption = hosts.Preemption()
+    preempted = False
+    losses_finite = jnp.bool_(True)
     metrics: dict[str, float] = {}
     try:
         for step in range(start_step, total_steps):
             state, step_metrics = p_train_step(state, rest, teacher_variables, next(batches))
             done = step + 1
+            losses_finite = _still_finite(losses_finite, step_metrics["loss"])
             if done % config.log_every_steps == 0 or done == total_steps:
                 values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
                 if not all(math.isfinite(v) for v in values.values()):
@@ -203,18 +217,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if evaluated:
                 metrics = evaluate(state)
                 logger.log_eval(done, metrics)
-            if evaluated or done % config.checkpoint_every_steps == 0 or preemption.raised:
-                if not _all_finite((state.params, state.batch_stats)):
-                    raise NonFiniteLossError(f"non-finite parameters at step {done}; last good checkpoint kept")
+            preempted = preemption.reached(done)
+            if evaluated or done % config.checkpoint_every_steps == 0 or preempted:
+                if not (losses_finite & _all_finite((state.params, state.batch_stats))):
+                    raise NonFiniteLossError(f"non-finite loss or parameters by step {done}; last good checkpoint kept")
                 ema_variables = model_variables(evaluator.model_with(state.ema_params, state.ema_batch_stats))
                 checkpointer.save(state, ema_variables, metrics if evaluated else None)
-            if preemption.raised:
-                logging.warning("preempted at step %d; checkpoint written", done)
-                sys.exit(0)
+            if preempted:
+                break
     finally:
-        preemption.restore()
+        if not preempted:  # destroying tf.data's iterator can block for tens of seconds: a preempted run skips it
+            batches.close()
+        preemption.close()
         checkpointer.close()
         logger.close()
+    if preempted:
+        raise Preempted(f"preempted at step {done}; checkpoint written in {checkpointer.directory}")
     summary = f"final: step {total_steps}, test top-1 (EMA weights) = {metrics.get(BEST_METRIC, float('nan')):.4f}"
-    print(summary + (f", raw weights = {metrics['top1']:.4f}" if "top1" in metrics else ""))
+    if is_main:
+        print(summary + (f", raw weights = {metrics['top1']:.4f}" if "top1" in metrics else ""))
     return metrics

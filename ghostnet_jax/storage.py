@@ -1,0 +1,20 @@
+"""Storage locations (workdirs, checkpoints, teachers) as `etils.epath.Path`: a local path or a URL such as gs://.
+
+`pathlib` would silently turn `gs://bucket/run` into the local directory `gs:/bucket/run`; epath keeps the URL and
+reaches it through the matching filesystem (tf.io.gfile / fsspec), so one code path serves a laptop and a pod.
+"""
+
+from __future__ import annotations
+
+import os
+
+from etils import epath
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    return "://" in os.fspath(path)
+
+
+def storage_path(path: str | os.PathLike) -> epath.Path:
+    """`path` as an epath.Path: URLs unchanged, local paths made absolute (Orbax needs absolute paths)."""
+    return epath.Path(path) if is_url(path) else epath.Path(os.path.abspath(os.fspath(path)))
