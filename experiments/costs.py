@@ -18,6 +18,7 @@ def deployed_costs(workdir: Path, image_size: int) -> dict[str, Any]:
     """{'model', 'overrides', 'image_size', 'params', 'macs'} of the run in `workdir` (one eval-mode image)."""
     model, spec = load_model(workdir / "checkpoints")
     deployed = fuse(model) if model.version >= 3 else model
-    overrides = {key: value for key, value in spec["overrides"].items() if key != "in_chans"}
+    # The dataset's channels and the compute dtype are not the architecture's choices: the report names neither.
+    overrides = {key: value for key, value in spec["overrides"].items() if key not in ("in_chans", "dtype")}
     return {"model": spec["name"], "overrides": overrides, "image_size": image_size, "params": count_params(deployed),
             "macs": count_macs(deployed, image_size)}
