@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import v1, v3
+from configs import v1
 from ghostnet_jax.checkpoint import load_model, model_spec, save_model
 from ghostnet_jax.models import create_model
 from ghostnet_jax.training.loop import NonFiniteLossError, train_and_evaluate
