@@ -441,7 +441,7 @@ def table(rows: list[dict]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        ours, theirs = row["ours"], row["timm"]
+        ours, theirs = (row.get(side, {"error": "not measured"}) for side in ("ours", "timm"))  # a run cut short
         if "error" in ours or "error" in theirs:
             lines.append(f"| {row['label']} | | {ours.get('error', '')} | {theirs.get('error', '')} | | | | | | |")
             continue
@@ -496,9 +496,15 @@ def main() -> None:
         if "error" not in result:
             row[f"{job['side']}_value"] = throughput(job, result)
         print(f"{job['label']} [{job['side']}]: {result}", file=sys.stderr, flush=True)
+        report(args, rows)  # after every measurement, so that a run cut short keeps what it measured
+    print(report(args, rows))
+
+
+def report(args: argparse.Namespace, rows: dict[str, dict]) -> str:
+    """The table of the rows measured so far (written to `args.out` when given)."""
     for job in jobs(args):  # remat rows share the timm measurement of their plain row
-        if job["side"] == "ours" and job.get("timm_label", job["label"]) != job["label"]:
-            plain = rows[job["timm_label"]]
+        if job["side"] == "ours" and job["label"] in rows and job.get("timm_label", job["label"]) != job["label"]:
+            plain = rows.get(job["timm_label"], {})
             rows[job["label"]].update({key: plain[key] for key in ("timm", "timm_value") if key in plain})
     header = (
         f"{time.strftime('%Y-%m-%d')}, {args.device} ({os.cpu_count()} cores), {','.join(args.dtypes)}, median of "
@@ -506,12 +512,11 @@ def main() -> None:
         f"Command: python -m experiments.benchmark {' '.join(sys.argv[1:])}\n"
     )
     markdown = header + "\n" + table(list(rows.values()))
-    print(markdown)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".md").write_text(markdown + "\n")
         args.out.with_suffix(".json").write_text(json.dumps(list(rows.values()), indent=1))
-
+    return markdown
 
 if __name__ == "__main__":
     main()

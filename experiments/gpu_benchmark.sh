@@ -6,12 +6,14 @@
 #
 #     bash experiments/gpu_benchmark.sh [OUT]      # writes OUT.md and OUT.json (default experiments/results/gpu)
 #
-# Sized to finish within 8 minutes on an H100: each measurement is its own process (about 10 s of imports
-# plus compilation), with a 60 s limit per measurement.
+# Sized for 8 minutes on an H200 (224 px train and batch-32 inference rows): each measurement is its own process
+# (imports plus compilation: 28 s for our train step), with a 150 s limit per measurement. XLA's GPU autotuner is
+# off: with it, compiling our train step took over 120 s (experiments/results/gpu_h200.md).
 set -euo pipefail
+export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0"
 cd "$(dirname "$0")/.."
 out="${1:-experiments/results/gpu}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python -c "import jax, torch, timm; print('jax', jax.__version__, jax.devices(), '| torch', torch.__version__, '| timm', timm.__version__)"
-timeout 470 python -m experiments.benchmark --device gpu --dtypes bfloat16 --remat none,block --suites train,infer,latency \
-  --train-sizes 224,40 --repeats 20 --warmup 3 --timeout 60 --out "$out"
+python3 -c "import jax, torch, timm; print('jax', jax.__version__, jax.devices(), '| torch', torch.__version__, '| timm', timm.__version__)"
+timeout 500 python3 -m experiments.benchmark --device gpu --dtypes bfloat16 --remat none,block --suites train,infer \
+  --train-sizes 224 --repeats 20 --warmup 3 --timeout 150 --out "$out"
