@@ -96,11 +96,11 @@ def normalise_state_dict(checkpoint: Mapping[str, Any], *, use_ema: bool = True)
     return arrays
 
 
-def _to_jax_layout(array: np.ndarray, target_ndim: int) -> np.ndarray:
-    """OIHW conv kernels -> HWIO; (out, in) linear weights -> (in, out); vectors unchanged."""
+def _to_jax_layout(key: str, array: np.ndarray, target_ndim: int) -> np.ndarray:
+    """OIHW conv kernels -> HWIO; (out, in) linear `*.weight`s -> (in, out); other tables and vectors unchanged."""
     if array.ndim == 4 and target_ndim == 4:
         return array.transpose(2, 3, 1, 0)
-    if array.ndim == 2 and target_ndim == 2:
+    if array.ndim == 2 and target_ndim == 2 and key.endswith(".weight"):
         return array.T
     return array
 
@@ -147,8 +147,19 @@ def convert_state_dict(
         if model.version < 3:
             raise ValueError(f"{name} has no deploy form; the checkpoint has fused V3 keys")
         model = fuse(model)
+    load_variables(model, arrays, torch_key, f"{name} with {overrides}" if overrides else name)
+    model.eval()
+    return model, model_spec(name, num_classes=num_classes, overrides=overrides, fused=deploy)
+
+
+def load_variables(model: nnx.Module, arrays: Mapping[str, np.ndarray], key_of: Callable[[tuple], str], described: str) -> None:
+    """Copies `arrays` (reference keys, PyTorch layout) into `model`'s parameters and statistics, all or nothing.
+
+    `key_of(path)` names the reference key of each variable. Unknown, missing or mis-shaped keys raise
+    ValueError listing them, before any variable is written.
+    """
     variables = [
-        (torch_key(path), var)
+        (key_of(path), var)
         for path, var in nnx.iter_graph(model)
         if isinstance(var, (nnx.Param, nnx.BatchStat))
     ]
@@ -159,7 +170,7 @@ def convert_state_dict(
     converted = {}
     for key, var in variables:
         if key in arrays:
-            value = _to_jax_layout(arrays[key], var.value.ndim)
+            value = _to_jax_layout(key, arrays[key], var.value.ndim)
             if value.shape != var.value.shape:
                 mismatched.append(f"{key} {tuple(arrays[key].shape)} (expected {tuple(var.value.shape)})")
             converted[key] = value
@@ -169,12 +180,9 @@ def convert_state_dict(
             for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched))
             if keys
         ]
-        described = f"{name} with {overrides}" if overrides else name
         raise ValueError(f"checkpoint does not match {described}:\n  " + "\n  ".join(problems))
     for key, var in variables:
         var.value = jnp.asarray(converted[key])
-    model.eval()
-    return model, model_spec(name, num_classes=num_classes, overrides=overrides, fused=deploy)
 
 
 def load_checkpoint_file(path: str | Path) -> Mapping[str, Any]:
