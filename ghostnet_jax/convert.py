@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from ghostnet_jax.checkpoint import model_spec, save_model
-from ghostnet_jax.models import allowed_overrides, create_model, fuse
+from ghostnet_jax.models import allowed_overrides, beit, create_model, fuse
 from ghostnet_jax.models.ghostnet import GhostNet
 from ghostnet_jax.storage import storage_path
 
@@ -137,6 +137,14 @@ def convert_state_dict(
 ) -> tuple[GhostNet, dict[str, Any]]:
     """`from_torch`, also returning the model's checkpoint spec (see `ghostnet_jax.checkpoint`)."""
     arrays = normalise_state_dict(state_dict, use_ema=use_ema)
+    described = f"{name} with {overrides}" if overrides else name
+    if name in beit.VARIANTS:
+        if num_classes is None:
+            num_classes = arrays["head.weight"].shape[0] if "head.weight" in arrays else 0
+        model = create_model(name, num_classes=num_classes, **overrides)
+        load_variables(model, arrays, beit.torch_key, described)
+        model.eval()
+        return model, model_spec(name, num_classes=num_classes, overrides=overrides, fused=False)
     if num_classes is None:
         num_classes = arrays["classifier.weight"].shape[0] if "classifier.weight" in arrays else 0
     if "dfc_upsample" in allowed_overrides(name):
@@ -147,7 +155,7 @@ def convert_state_dict(
         if model.version < 3:
             raise ValueError(f"{name} has no deploy form; the checkpoint has fused V3 keys")
         model = fuse(model)
-    load_variables(model, arrays, torch_key, f"{name} with {overrides}" if overrides else name)
+    load_variables(model, arrays, torch_key, described)
     model.eval()
     return model, model_spec(name, num_classes=num_classes, overrides=overrides, fused=deploy)
 

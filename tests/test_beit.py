@@ -8,7 +8,10 @@ import torch
 from flax import nnx
 
 from conftest import jit_forward
-from ghostnet_jax.models.beit import VARIANTS, create, from_torch, relative_position_index
+from ghostnet_jax.checkpoint import load_model
+from ghostnet_jax.convert import from_torch, main as convert_main
+from ghostnet_jax.models import create_model, list_models
+from ghostnet_jax.models.beit import VARIANTS, relative_position_index
 
 SMALL = 32  # 2x2 patches: the whole architecture, a fraction of the cost
 
@@ -28,12 +31,23 @@ def randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.fixture(scope="module", params=sorted(VARIANTS))
-def small_pair(request, timm):
-    """(name, timm model, converted model) at 32 px, built once per name."""
-    reference = randomised(timm.create_model(request.param, img_size=SMALL))
-    converted = from_torch(request.param, reference.state_dict(), img_size=SMALL)
-    return request.param, reference, converted
+@pytest.fixture(scope="module")
+def pair_of(timm):
+    """name -> (name, timm model, converted model) at 32 px, each built once per module."""
+    pairs = {}
+
+    def build(name):
+        if name not in pairs:
+            reference = randomised(timm.create_model(name, img_size=SMALL))
+            pairs[name] = name, reference, from_torch(name, reference.state_dict(), img_size=SMALL)
+        return pairs[name]
+
+    return build
+
+
+@pytest.fixture(params=sorted(VARIANTS))
+def small_pair(request, pair_of):
+    return pair_of(request.param)
 
 
 def timm_logits(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
@@ -102,8 +116,22 @@ def test_mismatched_checkpoint_lists_keys(small_pair):
 
 def test_bad_overrides_are_refused():
     with pytest.raises(ValueError, match="img_size must be a positive multiple of 16"):
-        create("beitv2_base_patch16_224", img_size=40)
+        create_model("beitv2_base_patch16_224", img_size=40)
     with pytest.raises(ValueError, match="unknown override"):
-        create("beitv2_base_patch16_224", width=2.0)
-    with pytest.raises(ValueError, match="unknown BEiT model"):
-        create("beit_huge")
+        create_model("beitv2_base_patch16_224", width=2.0)
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model("beit_huge")
+
+
+def test_registry_and_cli_round_trip(pair_of, tmp_path):
+    """`--model NAME` of the convert CLI writes a checkpoint that `load_model` (teacher loading) reads back."""
+    name, reference, converted = pair_of("beitv2_base_patch16_224")  # the dispatch is the same for both names
+    assert sorted(list_models(teachers=True)) == sorted([*list_models(), *VARIANTS])
+    source = tmp_path / "beit.npz"
+    np.savez(source, **{k: v.numpy() for k, v in reference.state_dict().items()})
+    output = tmp_path / "ckpt"
+    convert_main(["--model", name, "--torch-checkpoint", str(source), "--output", str(output), "--override", f"img_size={SMALL}"])
+    loaded, spec = load_model(output)
+    x = np.random.default_rng(6).normal(size=(1, SMALL, SMALL, 3)).astype(np.float32)
+    assert spec["name"] == name and spec["overrides"] == {"img_size": SMALL}
+    np.testing.assert_array_equal(np.asarray(jit_forward(loaded, x)), np.asarray(jit_forward(converted, x)))

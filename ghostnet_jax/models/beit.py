@@ -9,7 +9,7 @@ gamma_1/gamma_2, LayerNorm eps 1e-6, exact (erf) GELU, mean pooling over patch t
 computed in float32, and the logits are returned in float32.
 
 The bias tables are sized for `img_size`: a converted 224 px checkpoint only loads into a 224 px model
-(`from_torch` rejects other sizes, listing the mis-shaped tables) because resizing the tables changes the
+(`ghostnet_jax.convert.from_torch` rejects other sizes, listing the mis-shaped tables) because resizing the tables changes the
 function and is not needed for distillation at the teacher's own resolution. Stochastic depth and dropout
 are not supported: the teachers are used frozen, in inference.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -218,20 +218,3 @@ def torch_key(path: tuple) -> str:
     for pattern, replacement in _KEY_RULES:
         key = re.sub(pattern, replacement, key)
     return key
-
-
-def from_torch(name: str, state_dict: Mapping[str, Any], *, num_classes: int | None = None, **overrides: Any) -> Beit:
-    """Builds `name` and loads a timm BEiT state dict into it; returns the model in eval mode.
-
-    `num_classes` defaults to the checkpoint's. Unknown, missing or mis-shaped keys raise ValueError listing
-    them (a bias table of another image size shows up as mis-shaped: tables are not resized).
-    """
-    from ghostnet_jax.convert import load_variables, normalise_state_dict  # convert imports the model registry
-
-    arrays = normalise_state_dict(state_dict)
-    if num_classes is None:
-        num_classes = arrays["head.weight"].shape[0] if "head.weight" in arrays else 0
-    model = create(name, num_classes=num_classes, **overrides)
-    load_variables(model, arrays, torch_key, f"{name} with {overrides}" if overrides else name)
-    model.eval()
-    return model

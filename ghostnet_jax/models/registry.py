@@ -1,4 +1,7 @@
-"""Named GhostNet variants (timm's names) and `create_model`, the one way to build a network."""
+"""Named GhostNet variants (timm's names) and `create_model`, the one way to build a network.
+
+BEiT teachers (`ghostnet_jax.models.beit`) are dispatched here by name until the family registry lands.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import Any
 
 from flax import nnx
 
+from ghostnet_jax.models import beit
 from ghostnet_jax.models.ghostnet import GhostNet, RepSettings
 from ghostnet_jax.models.layers import DFC_UPSAMPLE_MODES, compute_dtype
 
@@ -31,25 +35,36 @@ _DFC_OVERRIDES = {"dfc_upsample"}
 _REP_OVERRIDES = {"num_conv_branches", "scale_branch", "identity_branch"}
 
 
-def list_models() -> list[str]:
-    """Names accepted by `create_model`."""
-    return list(VARIANTS)
+def list_models(*, teachers: bool = False) -> list[str]:
+    """The GhostNet names `create_model` accepts; with `teachers`, also the BEiT teacher names.
+
+    GhostNets only by default: the model table, the student config check and the GhostNet parity tests
+    iterate this list, and a BEiT is neither a student nor summarised there.
+    """
+    return list(VARIANTS) + (list(beit.VARIANTS) if teachers else [])
 
 
 def allowed_overrides(name: str) -> set[str]:
     """The keyword overrides `create_model(name, ...)` accepts."""
+    if name in beit.VARIANTS:
+        return set(beit.OVERRIDES)
     version = _version(name)
     return _COMMON_OVERRIDES | (_DFC_OVERRIDES if version >= 2 else set()) | (_REP_OVERRIDES if version >= 3 else set())
 
 
-def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = None, **overrides: Any) -> GhostNet:
+def create_model(
+    name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = None, **overrides: Any
+) -> GhostNet | beit.Beit:
     """Builds the named variant in train mode (call `.eval()` for inference).
 
     Overrides: `width` (any positive multiplier), `dropout` (head dropout rate, default 0.2), `in_chans`
     (default 3), `dtype` (compute dtype: 'float32', the default, or 'bfloat16'; parameters stay float32);
     V2/V3: `dfc_upsample` ('bilinear', the default, or 'nearest', the reference code's rule);
     V3: `num_conv_branches` (N >= 1, default 3), `scale_branch` and `identity_branch` (default True).
+    BEiT teacher names go to `ghostnet_jax.models.beit.create` (overrides `in_chans`, `img_size`, `dtype`).
     """
+    if name in beit.VARIANTS:
+        return beit.create(name, num_classes=num_classes, rngs=rngs, **overrides)
     allowed = allowed_overrides(name)  # raises for an unknown name
     version, default_width = VARIANTS[name]
     unknown = set(overrides) - allowed
@@ -94,5 +109,5 @@ def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = 
 
 def _version(name: str) -> int:
     if not isinstance(name, str) or name not in VARIANTS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(VARIANTS)}")
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models(teachers=True))}")
     return VARIANTS[name][0]
