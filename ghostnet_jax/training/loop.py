@@ -63,10 +63,11 @@ def load_teacher(config: ml_collections.ConfigDict, num_classes: int, channels: 
     if config.distill.alpha == 0:
         return None, None
     teacher, spec = load_model(config.distill.teacher, dtype=dtype)
-    if spec["num_classes"] != num_classes or teacher.stem.conv.in_features != channels:
+    teacher_channels = spec["overrides"].get("in_chans", 3)  # from the spec: GhostNet and BEiT teachers alike
+    if spec["num_classes"] != num_classes or teacher_channels != channels:
         raise ValueError(
             f"teacher {config.distill.teacher} ({spec['name']}, {spec['num_classes']} classes, "
-            f"{teacher.stem.conv.in_features} channels) does not fit this dataset ({num_classes} classes, "
+            f"{teacher_channels} channels) does not fit this dataset ({num_classes} classes, "
             f"{channels} channels)"
         )
     return nnx.split(teacher)
