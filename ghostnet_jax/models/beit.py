@@ -37,7 +37,8 @@ VARIANTS: dict[str, tuple[int, int, int, float]] = {
 }
 OVERRIDES = {"in_chans", "dtype", "img_size"}
 
-_trunc_normal = nnx.initializers.truncated_normal(stddev=0.02, lower=-100.0, upper=100.0)  # timm: cut at +-2, not 2 std
+# timm truncates at +-2 absolute, i.e. +-100 standard deviations (Flax counts the bounds in standard deviations).
+_trunc_normal = nnx.initializers.truncated_normal(stddev=0.02, lower=-100.0, upper=100.0)
 
 
 def relative_position_index(grid: int) -> np.ndarray:
