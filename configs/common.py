@@ -61,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.1))
     # L = (1 - alpha) * CE + alpha * tau^2 * KL(teacher_tau || student_tau); alpha = 0 loads no teacher.
-    c.distill = ml_collections.ConfigDict(dict(alpha=0.5, temperature=1.0, teacher=""))
+    c.distill = ml_collections.ConfigDict(dict(alpha=0.5, temperature=1.0, teacher="", weighting="convex"))
     c.ema = ml_collections.ConfigDict(dict(decay=0.9999, warmup=True))
     c.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.0, cutmix_alpha=0.0, prob=1.0, switch_prob=0.5))
     c.cross_device_bn = True  # BatchNorm statistics over the global batch

@@ -9,6 +9,7 @@ from flax import nnx
 
 from configs.common import base_config
 from ghostnet_jax.models import create_model
+from ghostnet_jax.training.config_check import validate_config
 from ghostnet_jax.training.losses import cross_entropy, distillation_loss, kd_loss, smooth_labels
 from ghostnet_jax.training.mixup import mix_batch
 from ghostnet_jax.training.optim import create_optimizer, learning_rate_schedule, weight_decay_mask
@@ -158,3 +159,24 @@ def test_pmapped_step_on_two_devices_equals_one_device_on_the_global_batch():
     # Without cross-device statistics each device normalises its own half: the results must differ.
     local, _ = run_one_step(jax.local_devices(), images, labels, step_config(cross_device_bn=False))
     assert not np.allclose(local.batch_stats["stem"]["bn"]["var"].value, one.batch_stats["stem"]["bn"]["var"].value)
+
+
+def test_sum_weighting_is_the_official_ce_plus_kd_and_convex_half_of_it_at_alpha_half():
+    """'sum' = CE + alpha * KD (official GhostNetV3 script); 'convex' at alpha 0.5 is exactly half of sum at 1."""
+    rng = np.random.default_rng(2)
+    student, teacher = rng.normal(size=(4, 10)), rng.normal(size=(4, 10)) * 2
+    labels = rng.integers(0, 10, 4)
+    smoothed = np.full((4, 10), 0.1 / 10) + 0.9 * np.eye(10)[labels]
+    ce = -np.sum(smoothed * np.log(softmax(student)), axis=-1).mean()
+    kd = np.sum(softmax(teacher) * (np.log(softmax(teacher)) - np.log(softmax(student))), axis=-1).mean()
+    args = (jnp.asarray(student), jnp.asarray(smoothed), jnp.asarray(teacher))
+    summed, _ = distillation_loss(*args, alpha=0.7, temperature=1.0, weighting="sum")
+    np.testing.assert_allclose(float(summed), ce + 0.7 * kd, rtol=1e-5)
+    official, _ = distillation_loss(*args, alpha=1.0, temperature=1.0, weighting="sum")
+    convex, _ = distillation_loss(*args, alpha=0.5, temperature=1.0, weighting="convex")
+    np.testing.assert_allclose(float(convex), 0.5 * float(official), rtol=1e-5)
+    np.testing.assert_allclose(float(convex), 0.5 * ce + 0.5 * kd, rtol=1e-5)
+    config = base_config()
+    config.distill.weighting = "product"
+    with pytest.raises(ValueError, match="config.distill.weighting='product'"):
+        validate_config(config)

@@ -8,6 +8,7 @@ from ghostnet_jax.models import list_models
 from ghostnet_jax.models.ghostnet import REMAT_MODES
 from ghostnet_jax.models.layers import COMPUTE_DTYPES
 
+DISTILL_WEIGHTINGS = ("convex", "sum")
 _DTYPE_REQUIREMENT = (
     f"must be 'auto' or one of {COMPUTE_DTYPES} (float16 is not supported: it needs loss scaling; use bfloat16)"
 )
@@ -31,6 +32,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("optim.weight_decay", config.optim.weight_decay >= 0, "must be >= 0"),
         ("loss.label_smoothing", 0 <= config.loss.label_smoothing < 1, "must be in [0, 1)"),
         ("distill.alpha", 0 <= config.distill.alpha <= 1, "must be in [0, 1]"),
+        (
+            "distill.weighting",
+            config.distill.weighting in DISTILL_WEIGHTINGS,
+            f"must be one of {DISTILL_WEIGHTINGS}: 'convex' = (1-alpha)*CE + alpha*KD, 'sum' = CE + alpha*KD",
+        ),
         ("distill.temperature", config.distill.temperature > 0, "must be positive"),
         (
             "distill.teacher",

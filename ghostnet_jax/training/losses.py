@@ -31,10 +31,19 @@ def distillation_loss(
     *,
     alpha: float,
     temperature: float,
+    weighting: str = "convex",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Batch mean of (1 - alpha) * CE(student, targets) + alpha * KD(teacher || student), and its parts."""
+    """Batch mean of the weighted CE(student, targets) + KD(teacher || student), and its parts.
+
+    weighting "convex": (1 - alpha) * CE + alpha * KD (this project's default).
+    weighting "sum": CE + alpha * KD, the official GhostNetV3 script's `--ori-loss-weight 1 --kd-loss-weight alpha`
+    (huawei-noah/Efficient-AI-Backbones, ghostnetv3_pytorch/train.py: loss = loss_ori + loss_kd). Its KD term is
+    the cross entropy of the student against softmax(teacher) at temperature 1 (its --temperature is parsed but
+    unused), which differs from our KL only by the teacher's entropy: same gradient at tau=1.
+    """
     ce = cross_entropy(student_logits, targets).mean()
     if teacher_logits is None or alpha == 0:
         return ce, {"ce": ce}
     kd = kd_loss(student_logits, teacher_logits, temperature).mean()
-    return (1.0 - alpha) * ce + alpha * kd, {"ce": ce, "kd": kd}
+    ce_weight = 1.0 if weighting == "sum" else 1.0 - alpha
+    return ce_weight * ce + alpha * kd, {"ce": ce, "kd": kd}

@@ -58,7 +58,12 @@ def make_train_step(
             model = nnx.merge(graphdef, params, state.batch_stats, rest, copy=True)
             logits = model(images, rngs=nnx.Rngs(dropout=dropout_rng))
             loss, parts = distillation_loss(
-                logits, targets, teacher_logits, alpha=config.distill.alpha, temperature=config.distill.temperature
+                logits,
+                targets,
+                teacher_logits,
+                alpha=config.distill.alpha,
+                temperature=config.distill.temperature,
+                weighting=config.distill.weighting,
             )
             return loss, (logits, parts, nnx.state(model, nnx.BatchStat))
 
