@@ -1,15 +1,18 @@
 """`python -m ghostnet_jax.evaluate` on a saved checkpoint: accuracy equals a numpy top-k count over the same eval
-batches (padding excluded), and the checkpoint directory is left byte-for-byte as it was."""
+batches (padding excluded), and the checkpoint directory is left as it was; the eval decode of a JPEG equals PIL's."""
 
+import io
 import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from flax import nnx
+from PIL import Image
 
 from ghostnet_jax import evaluate
 from ghostnet_jax.checkpoint import load_model, model_spec, save_model
-from ghostnet_jax.data import pipeline
+from ghostnet_jax.data import pipeline, transforms
 from ghostnet_jax.models import create_model
 
 OVERRIDES = {"width": 0.25, "in_chans": 1}
@@ -53,3 +56,16 @@ def test_evaluate_rejects_missing_checkpoint(tmp_path):
     with pytest.raises(SystemExit):
         evaluate.main(["--checkpoint", str(tmp_path / "nothing")])
     assert not (tmp_path / "nothing").exists()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_jpeg_decode_equals_pil(mode):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (37, 53, 3), np.uint8)
+    pixels = (pixels // 2 + np.linspace(0, 127, 53, dtype=np.uint8)[None, :, None])  # texture plus a gradient
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, format="JPEG", quality=90)
+    expected = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert(mode))
+    channels = 3 if mode == "RGB" else 1
+    decoded = transforms.decode(tf.constant(buffer.getvalue()), channels).numpy()
+    np.testing.assert_array_equal(decoded.reshape(expected.shape), expected)
