@@ -10,7 +10,7 @@ import tensorflow as tf
 from flax import nnx
 from PIL import Image
 
-from ghostnet_jax import evaluate
+from ghostnet_jax import evaluate, predict
 from ghostnet_jax.checkpoint import load_model, model_spec, save_model
 from ghostnet_jax.data import pipeline, transforms
 from ghostnet_jax.models import create_model
@@ -69,3 +69,28 @@ def test_jpeg_decode_equals_pil(mode):
     channels = 3 if mode == "RGB" else 1
     decoded = transforms.decode(tf.constant(buffer.getvalue()), channels).numpy()
     np.testing.assert_array_equal(decoded.reshape(expected.shape), expected)
+
+
+def test_predict_top5_names_and_probabilities(checkpoint, tmp_path):
+    path = str(tmp_path / "shirt.png")
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 30), np.uint8)).save(path)
+    results = predict.main(["--checkpoint", checkpoint, "--labels", "fashion_mnist", "--image-size", "32", path])
+
+    model, _ = load_model(checkpoint)
+    image = predict.load_image(path, channels=1, image_size=32, crop_pct=0.875, interpolation="bicubic",
+                               mean=(np.mean(pipeline.IMAGENET_MEAN),), std=(np.mean(pipeline.IMAGENET_STD),))
+    logits = np.asarray(model(image[None]), np.float64)[0]
+    softmax = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    best = np.argsort(-softmax)[:5]
+    assert [name for name, _ in results[0]] == [names[i] for i in best]
+    np.testing.assert_allclose([p for _, p in results[0]], softmax[best], rtol=1e-5)
+
+
+def test_predict_names_a_bad_image(checkpoint, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="broken.jpg"):
+        predict.main(["--checkpoint", checkpoint, str(bad)])
+    with pytest.raises(ValueError, match="missing.png"):
+        predict.main(["--checkpoint", checkpoint, str(tmp_path / "missing.png")])
