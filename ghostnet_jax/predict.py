@@ -36,7 +36,8 @@ def load_image(path: str, *, channels: int, image_size: int, crop_pct: float, in
 
 def top5(model: nnx.Module, images: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """Indices and softmax probabilities of the k most likely classes per image."""
-    probabilities = np.asarray(jax.nn.softmax(model(images).astype(np.float32), axis=-1))
+    softmax = nnx.jit(lambda model, x: jax.nn.softmax(model(x).astype(np.float32), axis=-1))
+    probabilities = np.asarray(softmax(model, images))
     order = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
     return order, np.take_along_axis(probabilities, order, axis=-1)
 
