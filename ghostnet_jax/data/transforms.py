@@ -154,9 +154,14 @@ def random_flip(image: tf.Tensor, seed: tf.Tensor, prob: float = 0.5) -> tf.Tens
 
 
 def decode(image: tf.Tensor, channels: int) -> tf.Tensor:
-    """Decoded uint8 HWC image from encoded bytes (a uint8 tensor is passed through)."""
+    """Decoded uint8 HWC image from encoded bytes (a uint8 tensor is passed through). JPEGs use the accurate integer
+    DCT, so the pixels equal PIL's (timm's loader); `decode_image` would use the fast, less exact one."""
     if image.dtype == tf.string:
-        decoded = tf.io.decode_image(image, channels=channels, expand_animations=False, dtype=tf.uint8)
+        decoded = tf.cond(
+            tf.io.is_jpeg(image),
+            lambda: tf.io.decode_jpeg(image, channels=channels, dct_method="INTEGER_ACCURATE"),
+            lambda: tf.io.decode_image(image, channels=channels, expand_animations=False, dtype=tf.uint8),
+        )
         return tf.ensure_shape(decoded, [None, None, channels])
     return image
 

@@ -1,0 +1,97 @@
+"""Top-1/top-5 accuracy of a saved checkpoint (converted or trained) on a dataset's eval split.
+
+Read-only: the checkpoint is restored with `load_model`, which never writes, moves or renames anything. The eval
+transform is the pipeline's (`data.eval_batches`, timm's resize-shorter + centre crop), configured from the command
+line; the defaults are timm's pretrained cfg for the ImageNet GhostNets (crop_pct 0.875, bicubic, ImageNet mean/std).
+
+    python -m ghostnet_jax.evaluate --checkpoint DIR [--data imagenet2012 --data-dir DIR] [--dtype bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Iterable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from ghostnet_jax.checkpoint import load_model
+from ghostnet_jax.data import pipeline
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array, mask: jax.Array, ks: tuple[int, ...] = (1, 5)) -> jax.Array:
+    """Number of masked-in examples whose label is among the k highest logits, for each k (ties: lowest index)."""
+    top = jax.lax.top_k(logits.astype(jnp.float32), max(ks))[1]
+    hits = top == labels[:, None]
+    return jnp.stack([jnp.sum(jnp.any(hits[:, :k], axis=1) * mask) for k in ks])
+
+
+def accuracy(model: nnx.Module, batches: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Top-1/top-5 accuracy over `batches` (the `eval_batches` layout; the device axis is folded into the batch)."""
+
+    @nnx.jit
+    def counts(model, image, label, mask):
+        return topk_correct(model(image), label, mask), jnp.sum(mask)
+
+    correct, total = np.zeros(2), 0.0
+    for batch in batches:
+        image, label, mask = (batch[k].reshape(-1, *batch[k].shape[2:]) for k in ("image", "label", "mask"))
+        hits, seen = counts(model, image, label, mask)
+        correct, total = correct + np.asarray(hits), total + float(seen)
+    if total == 0:
+        raise ValueError("the eval split is empty")
+    return {"top1": float(correct[0] / total), "top5": float(correct[1] / total), "examples": int(total)}
+
+
+def data_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
+    """The pipeline's data config with the command-line overrides applied."""
+    data = pipeline.default_data_config()
+    data.name, data.eval_split, data.cache = args.data, args.split, False
+    data.data_dir = args.data_dir
+    data.image_size, data.eval_crop_pct, data.interpolation = args.image_size, args.crop_pct, args.interpolation
+    if args.mean is not None:
+        data.mean = tuple(args.mean)
+    if args.std is not None:
+        data.std = tuple(args.std)
+    return data
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (converter or training output)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    parser.add_argument("--data", default="imagenet2012", help="TFDS dataset name")
+    parser.add_argument("--data-dir", default=None, help="TFDS data_dir (default: TFDS's)")
+    parser.add_argument("--split", default="validation", help="eval split, e.g. 'validation' or 'test[:1000]'")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--crop-pct", type=float, default=0.875)
+    parser.add_argument("--interpolation", default="bicubic", choices=("bilinear", "bicubic"))
+    parser.add_argument("--mean", type=float, nargs="+", default=None, help="0..1 units (default: ImageNet's)")
+    parser.add_argument("--std", type=float, nargs="+", default=None)
+    parser.add_argument("--batch-size", type=int, default=64, help="global batch size (a multiple of the devices)")
+    parser.add_argument("--dtype", default=None, help="compute dtype (default: the checkpoint's)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.checkpoint):
+        parser.error(f"--checkpoint {args.checkpoint!r} is not a directory")
+    model, spec = load_model(args.checkpoint, step=args.step, dtype=args.dtype)
+    data = data_config(args)
+    info = pipeline.dataset_info(data)
+    if info.num_classes != spec["num_classes"]:
+        raise ValueError(f"{data.name} has {info.num_classes} classes but the checkpoint's model {spec['num_classes']}")
+    result = accuracy(model, pipeline.eval_batches(data, global_batch_size=args.batch_size))
+    print(json.dumps({"checkpoint": args.checkpoint, "data": data.name, "split": data.eval_split} | result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
