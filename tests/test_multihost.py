@@ -47,7 +47,9 @@ class Processes:
     def __init__(self, config, workdir: Path, count: int):
         flags = ["--config", "configs/v1.py:fashion_mnist", "--workdir", str(workdir), *cli_flags(config)]
         devices = 2 // count
-        env = os.environ | {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+        session_flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+        env = os.environ | {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {session_flags}",
+                            "JAX_PLATFORMS": "cpu"}
         if count > 1:
             port = free_port()
             flags += ["--config.multihost=True", f"--config.distributed.coordinator_address=127.0.0.1:{port}",
