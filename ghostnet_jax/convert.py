@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -20,7 +21,8 @@ import numpy as np
 from flax import nnx
 
 from ghostnet_jax.checkpoint import model_spec, save_model
-from ghostnet_jax.models import allowed_overrides, beit, create_model, fuse
+from ghostnet_jax.models import allowed_overrides, create_model, fuse
+from ghostnet_jax.models.registry import teacher_family
 from ghostnet_jax.models.ghostnet import GhostNet
 from ghostnet_jax.storage import storage_path
 
@@ -64,10 +66,11 @@ _PATH_RULES: list[tuple[str, str | Callable[[re.Match], str]]] = [
 _DROPPED_SUFFIXES = ("num_batches_tracked", "total_ops", "total_params")
 
 
-def torch_key(path: tuple) -> str:
-    """The reference state-dict key of the ghostnet_jax variable at `path` (as `nnx.iter_graph` yields it)."""
+def torch_key(path: tuple, rules: list[tuple[str, Any]] = _PATH_RULES) -> str:
+    """The reference state-dict key of the variable at `path` (as `nnx.iter_graph` yields it): GhostNet's rules by
+    default, a teacher family's `TORCH_KEY_RULES` for theirs."""
     key = ".".join(str(p) for p in path)
-    for pattern, replacement in _PATH_RULES:
+    for pattern, replacement in rules:
         key = re.sub(pattern, replacement, key)
     return key
 
@@ -138,11 +141,11 @@ def convert_state_dict(
     """`from_torch`, also returning the model's checkpoint spec (see `ghostnet_jax.checkpoint`)."""
     arrays = normalise_state_dict(state_dict, use_ema=use_ema)
     described = f"{name} with {overrides}" if overrides else name
-    if name in beit.VARIANTS:
+    if family := teacher_family(name):
         if num_classes is None:
-            num_classes = arrays["head.weight"].shape[0] if "head.weight" in arrays else 0
+            num_classes = arrays[family.CLASSIFIER_KEY].shape[0] if family.CLASSIFIER_KEY in arrays else 0
         model = create_model(name, num_classes=num_classes, **overrides)
-        load_variables(model, arrays, beit.torch_key, described)
+        load_variables(model, arrays, functools.partial(torch_key, rules=family.TORCH_KEY_RULES), described)
         model.eval()
         return model, model_spec(name, num_classes=num_classes, overrides=overrides, fused=False)
     if num_classes is None:

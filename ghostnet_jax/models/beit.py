@@ -17,7 +17,6 @@ are not supported: the teachers are used frozen, in inference.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 import jax
@@ -36,6 +35,7 @@ VARIANTS: dict[str, tuple[int, int, int, float]] = {
     "beitv2_large_patch16_224": (1024, 24, 16, 1e-5),
 }
 OVERRIDES = {"in_chans", "dtype", "img_size"}
+CLASSIFIER_KEY = "head.weight"
 
 # timm truncates at +-2 absolute, i.e. +-100 standard deviations (Flax counts the bounds in standard deviations).
 _trunc_normal = nnx.initializers.truncated_normal(stddev=0.02, lower=-100.0, upper=100.0)
@@ -179,17 +179,8 @@ class Beit(nnx.Module):
 
 
 def create(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = None, **overrides: Any) -> Beit:
-    """Builds the named BEiT variant; overrides: `in_chans` (3), `img_size` (224, a multiple of 16), `dtype`."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown BEiT model {name!r}; expected one of {sorted(VARIANTS)}")
-    unknown = set(overrides) - OVERRIDES
-    if unknown:
-        raise ValueError(f"unknown override(s) {sorted(unknown)} for {name}; allowed: {sorted(OVERRIDES)}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
-    in_chans = overrides.get("in_chans", 3)
-    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
-        raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
+    """Builds the named BEiT variant (`registry.create_model` has checked the name, `num_classes`, `in_chans` and
+    that only `in_chans`, `img_size` (224, a multiple of 16) and `dtype` are overridden)."""
     img_size = overrides.get("img_size", 224)
     if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < PATCH_SIZE or img_size % PATCH_SIZE:
         raise ValueError(f"img_size must be a positive multiple of {PATCH_SIZE}, got {img_size!r}")
@@ -200,22 +191,16 @@ def create(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = None, 
         num_heads=num_heads,
         init_value=init_value,
         num_classes=num_classes,
-        in_chans=in_chans,
+        in_chans=overrides.get("in_chans", 3),
         img_size=img_size,
         dtype=overrides.get("dtype", "float32"),
         rngs=rngs if rngs is not None else nnx.Rngs(0),
     )
 
 
-_KEY_RULES = [
+# Applied in order to a dotted variable path (as `nnx.iter_graph` yields it) to get the timm state-dict key.
+TORCH_KEY_RULES = [
     (r"^patch_embed\.", "patch_embed.proj."),
     (r"\.(kernel|scale)$", ".weight"),
 ]
 
-
-def torch_key(path: tuple) -> str:
-    """The timm state-dict key of the variable at `path` (as `nnx.iter_graph` yields it)."""
-    key = ".".join(str(p) for p in path)
-    for pattern, replacement in _KEY_RULES:
-        key = re.sub(pattern, replacement, key)
-    return key

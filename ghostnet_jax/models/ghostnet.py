@@ -23,7 +23,7 @@ from ghostnet_jax.models.layers import (
     SqueezeExcite,
     compute_dtype,
     make_divisible,
-    torch_uniform_init,
+    torch_linear,
 )
 from ghostnet_jax.models.reparam import RepConv
 
@@ -257,17 +257,7 @@ class GhostNet(nnx.Module):
         self.final_conv = ConvBN(channels, make_divisible(FINAL_CHANNELS * width, 4), 1, rngs=rngs)
         self.conv_head = Conv2d(self.final_conv.bn.num_features, HEAD_CHANNELS, 1, use_bias=True, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
-        self.classifier = (
-            nnx.Linear(
-                HEAD_CHANNELS,
-                num_classes,
-                kernel_init=torch_uniform_init(HEAD_CHANNELS),
-                bias_init=torch_uniform_init(HEAD_CHANNELS),
-                rngs=rngs,
-            )
-            if num_classes
-            else None
-        )
+        self.classifier = torch_linear(HEAD_CHANNELS, num_classes, rngs) if num_classes else None
         self.remat = remat
         self.dtype = compute_dtype(dtype)
         self.set_attributes(dtype=self.dtype, raise_if_not_found=False)  # every conv and the classifier

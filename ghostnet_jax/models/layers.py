@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +34,20 @@ def compute_dtype(name) -> jnp.dtype:
     if dtype is None or dtype.name not in COMPUTE_DTYPES:
         raise ValueError(f"unknown dtype {name!r}; expected one of {COMPUTE_DTYPES}")
     return dtype
+
+
+def check_count(field: str, value: Any, minimum: int) -> int:
+    """`value` as an integer count of at least `minimum` (num_classes, in_chans, ...), else a ValueError naming `field`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        requirement = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{field} must be {requirement}, got {value!r}")
+    return value
+
+
+def torch_linear(in_features: int, out_features: int, rngs: nnx.Rngs) -> nnx.Linear:
+    """A classifier initialised as PyTorch's nn.Linear (weights and bias U(+-1/sqrt(in_features)))."""
+    init = torch_uniform_init(in_features)
+    return nnx.Linear(in_features, out_features, kernel_init=init, bias_init=init, rngs=rngs)
 
 
 def make_divisible(value: float, divisor: int = 4) -> int:

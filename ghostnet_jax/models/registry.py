@@ -1,19 +1,22 @@
-"""Named GhostNet variants (timm's names) and `create_model`, the one way to build a network.
+"""Named variants (timm's names) and `create_model`, the one way to build a network.
 
-BEiT teachers (`ghostnet_jax.models.beit`) are dispatched here by name until the family registry lands.
+GhostNets are the students. Teacher families (`resnet`, `beit`) are modules that each provide `VARIANTS` (their
+names), `OVERRIDES`, `create(name, *, num_classes, rngs, **overrides)`, `TORCH_KEY_RULES` (regex renames from a
+variable's path to its timm state-dict key, for the converter) and `CLASSIFIER_KEY`; `teacher_family(name)` finds the one that owns a name.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from types import ModuleType
 from typing import Any
 
 from flax import nnx
 
-from ghostnet_jax.models import beit
+from ghostnet_jax.models import beit, resnet
 from ghostnet_jax.models.ghostnet import GhostNet, RepSettings
-from ghostnet_jax.models.layers import DFC_UPSAMPLE_MODES, compute_dtype
+from ghostnet_jax.models.layers import DFC_UPSAMPLE_MODES, check_count, compute_dtype
 
 # name -> (version, width), the timm 1.0.31 registry.
 VARIANTS: dict[str, tuple[int, float]] = {
@@ -35,52 +38,58 @@ _DFC_OVERRIDES = {"dfc_upsample"}
 _REP_OVERRIDES = {"num_conv_branches", "scale_branch", "identity_branch"}
 
 
+TEACHER_FAMILIES = (resnet, beit)
+
+
+def teacher_family(name: str) -> ModuleType | None:
+    """The teacher family module that builds `name`, or None for a GhostNet (or an unknown name)."""
+    return next((family for family in TEACHER_FAMILIES if name in family.VARIANTS), None)
+
+
 def list_models(*, teachers: bool = False) -> list[str]:
-    """The GhostNet names `create_model` accepts; with `teachers`, also the BEiT teacher names.
+    """The GhostNet names `create_model` accepts; with `teachers`, also the ResNet and BEiT teacher names.
 
     GhostNets only by default: the model table, the student config check and the GhostNet parity tests
-    iterate this list, and a BEiT is neither a student nor summarised there.
+    iterate this list, and a teacher is neither a student nor summarised there.
     """
-    return list(VARIANTS) + (list(beit.VARIANTS) if teachers else [])
+    return list(VARIANTS) + ([name for family in TEACHER_FAMILIES for name in family.VARIANTS] if teachers else [])
 
 
 def allowed_overrides(name: str) -> set[str]:
     """The keyword overrides `create_model(name, ...)` accepts."""
-    if name in beit.VARIANTS:
-        return set(beit.OVERRIDES)
+    if family := teacher_family(name):
+        return set(family.OVERRIDES)
     version = _version(name)
     return _COMMON_OVERRIDES | (_DFC_OVERRIDES if version >= 2 else set()) | (_REP_OVERRIDES if version >= 3 else set())
 
 
 def create_model(
     name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = None, **overrides: Any
-) -> GhostNet | beit.Beit:
+) -> GhostNet | resnet.ResNet | beit.Beit:
     """Builds the named variant in train mode (call `.eval()` for inference).
 
     Overrides: `width` (any positive multiplier), `dropout` (head dropout rate, default 0.2), `in_chans`
     (default 3), `dtype` (compute dtype: 'float32', the default, or 'bfloat16'; parameters stay float32);
     V2/V3: `dfc_upsample` ('bilinear', the default, or 'nearest', the reference code's rule);
     V3: `num_conv_branches` (N >= 1, default 3), `scale_branch` and `identity_branch` (default True).
-    BEiT teacher names go to `ghostnet_jax.models.beit.create` (overrides `in_chans`, `img_size`, `dtype`).
+    Teacher names go to their family's `create` (ResNet: `in_chans`, `dtype`; BEiT: also `img_size`).
     """
-    if name in beit.VARIANTS:
-        return beit.create(name, num_classes=num_classes, rngs=rngs, **overrides)
     allowed = allowed_overrides(name)  # raises for an unknown name
-    version, default_width = VARIANTS[name]
     unknown = set(overrides) - allowed
     if unknown:
         raise ValueError(f"unknown override(s) {sorted(unknown)} for {name}; allowed: {sorted(allowed)}")
+    check_count("num_classes", num_classes, 0)
+    check_count("in_chans", overrides.get("in_chans", 3), 1)
+    if family := teacher_family(name):
+        return family.create(name, num_classes=num_classes, rngs=rngs, **overrides)
+    version, default_width = VARIANTS[name]
     width = overrides.get("width", default_width)
     if isinstance(width, bool) or not isinstance(width, numbers.Real) or not (math.isfinite(width) and width > 0):
         raise ValueError(f"width must be a positive finite number, got {width!r}")
     dropout = overrides.get("dropout", 0.2)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
     in_chans = overrides.get("in_chans", 3)
-    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
-        raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
     dfc_upsample = overrides.get("dfc_upsample", "bilinear")
     if dfc_upsample not in DFC_UPSAMPLE_MODES:
         raise ValueError(f"unknown dfc_upsample {dfc_upsample!r}; expected one of {DFC_UPSAMPLE_MODES}")
