@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Iterable
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -22,13 +20,8 @@ from flax import nnx
 
 from ghostnet_jax.checkpoint import load_model
 from ghostnet_jax.data import pipeline
-
-
-def topk_correct(logits: jax.Array, labels: jax.Array, mask: jax.Array, ks: tuple[int, ...] = (1, 5)) -> jax.Array:
-    """Number of masked-in examples whose label is among the k highest logits, for each k (ties: lowest index)."""
-    top = jax.lax.top_k(logits.astype(jnp.float32), max(ks))[1]
-    hits = top == labels[:, None]
-    return jnp.stack([jnp.sum(jnp.any(hits[:, :k], axis=1) * mask) for k in ks])
+from ghostnet_jax.storage import storage_path
+from ghostnet_jax.training.steps import top_k_correct
 
 
 def accuracy(model: nnx.Module, batches: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
@@ -36,7 +29,9 @@ def accuracy(model: nnx.Module, batches: Iterable[dict[str, np.ndarray]]) -> dic
 
     @nnx.jit
     def counts(model, image, label, mask):
-        return topk_correct(model(image), label, mask), jnp.sum(mask)
+        logits = model(image)
+        hits = jnp.stack([jnp.sum(top_k_correct(logits, label, k) * mask) for k in (1, 5)])
+        return hits, jnp.sum(mask)
 
     correct, total = np.zeros(2), 0.0
     for batch in batches:
@@ -61,6 +56,15 @@ def data_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
     return data
 
 
+def add_transform_arguments(parser: argparse.ArgumentParser) -> None:
+    """The eval transform's flags, shared with `predict`; defaults are timm's for the ImageNet GhostNets."""
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--crop-pct", type=float, default=0.875)
+    parser.add_argument("--interpolation", default="bicubic", choices=("bilinear", "bicubic"))
+    parser.add_argument("--mean", type=float, nargs="+", default=None, help="0..1 units (default: ImageNet's)")
+    parser.add_argument("--std", type=float, nargs="+", default=None, help="0..1 units (default: ImageNet's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (converter or training output)")
@@ -68,11 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default="imagenet2012", help="TFDS dataset name")
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir (default: TFDS's)")
     parser.add_argument("--split", default="validation", help="eval split, e.g. 'validation' or 'test[:1000]'")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--crop-pct", type=float, default=0.875)
-    parser.add_argument("--interpolation", default="bicubic", choices=("bilinear", "bicubic"))
-    parser.add_argument("--mean", type=float, nargs="+", default=None, help="0..1 units (default: ImageNet's)")
-    parser.add_argument("--std", type=float, nargs="+", default=None)
+    add_transform_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=64, help="global batch size (a multiple of the devices)")
     parser.add_argument("--dtype", default=None, help="compute dtype (default: the checkpoint's)")
     return parser
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not os.path.isdir(args.checkpoint):
+    if not storage_path(args.checkpoint).is_dir():  # a local path or a URL such as gs://
         parser.error(f"--checkpoint {args.checkpoint!r} is not a directory")
     model, spec = load_model(args.checkpoint, step=args.step, dtype=args.dtype)
     data = data_config(args)

@@ -20,6 +20,7 @@ from flax import nnx
 
 from ghostnet_jax.checkpoint import load_model
 from ghostnet_jax.data import pipeline, transforms
+from ghostnet_jax.evaluate import add_transform_arguments
 
 
 def load_image(path: str, *, channels: int, image_size: int, crop_pct: float, interpolation: str,
@@ -47,15 +48,13 @@ def main(argv: list[str] | None = None) -> list[list[tuple[str, float]]]:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP)")
     parser.add_argument("--labels", default=None, help="TFDS dataset whose label names to print")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--crop-pct", type=float, default=0.875)
-    parser.add_argument("--interpolation", default="bicubic", choices=("bilinear", "bicubic"))
-    parser.add_argument("--mean", type=float, nargs="+", default=pipeline.IMAGENET_MEAN)
-    parser.add_argument("--std", type=float, nargs="+", default=pipeline.IMAGENET_STD)
+    add_transform_arguments(parser)
     args = parser.parse_args(argv)
     model, spec = load_model(args.checkpoint)
     channels = spec["overrides"].get("in_chans", 3)
-    mean, std = ((float(np.mean(args.mean)),), (float(np.mean(args.std)),)) if channels == 1 else (args.mean, args.std)
+    mean, std = args.mean or pipeline.IMAGENET_MEAN, args.std or pipeline.IMAGENET_STD
+    if channels == 1:
+        mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
     images = np.stack([load_image(path, channels=channels, image_size=args.image_size, crop_pct=args.crop_pct,
                                   interpolation=args.interpolation, mean=mean, std=std) for path in args.images])
     names = tfds.builder(args.labels).info.features["label"].names if args.labels else None
