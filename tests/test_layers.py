@@ -97,14 +97,18 @@ def test_batchnorm_training_matches_torch_including_unbiased_running_var():
 
 
 @pytest.mark.parametrize(
-    "kernel, stride, groups, channels",
-    [(1, 1, 1, 6), (3, 1, 6, 6), (3, 2, 6, 6), (5, 2, 6, 6), ((1, 5), 1, 6, 6), ((5, 1), 1, 6, 6), (1, 2, 6, 6)],
+    "kernel, stride, groups, channels, size",
+    [(1, 1, 1, 6, (11, 8)), (3, 1, 6, 6, (11, 8)), (3, 2, 6, 6, (11, 8)), (5, 2, 6, 6, (11, 8)),
+     ((1, 5), 1, 6, 6, (11, 8)), ((5, 1), 1, 6, 6, (11, 8)), (1, 2, 6, 6, (11, 8)),
+     (3, 1, 1, 6, (2, 3)), (3, 2, 1, 6, (3, 4)), (7, 2, 1, 6, (5, 4)), ((1, 5), 1, 1, 6, (3, 3))],
 )
-def test_fast_conv_paths_equal_xla_convolution_forward_and_backward(kernel, stride, groups, channels):
-    """impl='auto' computes 1x1 convs as matmuls and depthwise convs as shifted multiply-adds (on CPU)."""
+def test_fast_conv_paths_equal_xla_convolution_forward_and_backward(kernel, stride, groups, channels, size):
+    """impl='auto' computes 1x1 convs as matmuls, depthwise convs as shifted multiply-adds and dense convs with
+    at most SMALL_OUTPUT_AREA output pixels as one matmul over patches (on CPU)."""
     conv = Conv2d(channels, channels, kernel, stride=stride, groups=groups, rngs=nnx.Rngs(0))
-    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 11, 8, channels)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, *size, channels)), jnp.float32)
     cotangent = jnp.asarray(np.random.default_rng(5).normal(size=conv(x).shape), jnp.float32)
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(conv)(x))  # a fast path, not XLA's conv
     results = {}
     for impl in ("auto", "xla"):
         conv.impl = impl

@@ -10,11 +10,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
-from configs import v1
+from configs import resnet, v1
 from ghostnet_jax.checkpoint import load_model, model_spec, save_model
 from ghostnet_jax.models import create_model
-from ghostnet_jax.training.loop import NonFiniteLossError, train_and_evaluate
+from ghostnet_jax.models.resnet import ResNet
+from ghostnet_jax.training.loop import NonFiniteLossError, load_teacher, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,6 +97,27 @@ def test_invalid_config_and_missing_teacher_fail_before_training(data_dir, tmp_p
     config.model.dfc_upsample = "nearest"
     with pytest.raises(ValueError, match="config.model.dfc_upsample does not apply to ghostnet_050"):
         train_and_evaluate(config, tmp_path / "bad")
+    config.model.update(name="resnet18", dfc_upsample=None)
+    config.remat = "block"
+    with pytest.raises(ValueError, match=r"config.remat='block' must be 'none' for resnet18"):
+        train_and_evaluate(config, tmp_path / "remat")
+    assert not (tmp_path / "remat").exists()
+
+
+def test_the_offline_resnet_teacher_preset_trains_and_its_run_loads_as_a_teacher(data_dir, tmp_path):
+    config = resnet.get_config("fashion_mnist")
+    assert config.model.name == "resnet18"
+    tiny = tiny_config(data_dir, max_steps=2)
+    config.data, config.batch_size, config.num_epochs = tiny.data, tiny.batch_size, tiny.num_epochs
+    config.update(max_steps=2, log_every_steps=1, checkpoint_every_steps=2)
+    metrics = train_and_evaluate(config, tmp_path / "teacher")
+    assert np.isfinite(metrics["ema_loss"]) and np.isfinite(metrics["loss"])
+
+    student = tiny_config(data_dir)
+    student.distill.update(alpha=0.5, teacher=str(tmp_path / "teacher" / "checkpoints"))
+    graphdef, variables = load_teacher(student, num_classes=10, channels=1, dtype="float32")
+    teacher = nnx.merge(graphdef, variables)
+    assert isinstance(teacher, ResNet) and teacher.conv1.kernel.value.shape == (7, 7, 1, 64)
 
 
 IMAGENET_RUN = """

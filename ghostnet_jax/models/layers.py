@@ -98,6 +98,26 @@ def _shift_add(padded: jax.Array, kernel: jax.Array, stride: int, out_h: int, ou
     return functools.reduce(jnp.add, terms).astype(kernel.dtype)
 
 
+# Measured on this CPU (fwd + bwd, batch 128): XLA's dense conv takes 4.6 s for a 3x3 512->512 conv with a
+# 2x2 output (ResNet stage 4 at 40 px) and 0.7 s for a strided one with a 2x2 output, where the same maths
+# as one matrix product takes 0.04 s and 0.02 s; at a 3x3 output the two tie, from 5x5 XLA is faster.
+SMALL_OUTPUT_AREA = 9
+
+
+def conv_as_matmul(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
+    """Dense conv as one matrix product over gathered patches (im2col): the kh*kw shifted, strided taps
+    concatenated on the channel axis, times the HWIO kernel flattened to (kh*kw*in, out)."""
+    kh, kw, in_features, out_features = kernel.shape
+    (top, bottom), (left, right) = padding
+    out_h = (x.shape[1] + top + bottom - kh) // stride + 1
+    out_w = (x.shape[2] + left + right - kw) // stride + 1
+    padded = _pad(x, padding)
+    patches = jnp.concatenate(
+        [_tap(padded, i, j, stride, out_h, out_w) for i in range(kh) for j in range(kw)], axis=-1
+    )
+    return jnp.einsum("nhwk,ko->nhwo", patches, kernel.reshape(kh * kw * in_features, out_features))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def depthwise_conv_shift_add(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
     """Depthwise conv as a sum of kh*kw shifted, strided slices times per-channel taps.
@@ -156,7 +176,8 @@ class Conv2d(nnx.Module):
     `groups` as in PyTorch: `groups == in_features == out_features` is a depthwise conv.
     The kernel is HWIO: (kh, kw, in_features // groups, out_features).
     `impl='auto'` computes 1x1 convs as matrix products and, on CPU, depthwise convs as shifted
-    multiply-adds (both faster there, same maths); `impl='xla'` always uses `lax.conv_general_dilated`.
+    multiply-adds and dense convs with a small output (at most SMALL_OUTPUT_AREA pixels) as one matrix product
+    over patches (all faster there, same maths); `impl='xla'` always uses `lax.conv_general_dilated`.
     `dtype` is the compute dtype: input, kernel and bias are cast to it, the kernel is stored in float32.
     """
 
@@ -195,6 +216,8 @@ class Conv2d(nnx.Module):
             y = jnp.einsum("nhwc,co->nhwo", x, kernel[0, 0])
         elif self.impl == "auto" and depthwise and jax.default_backend() == "cpu":
             y = depthwise_conv_shift_add(x, kernel, self.stride, self.padding)
+        elif self.impl == "auto" and self.groups == 1 and self._small_output(x) and jax.default_backend() == "cpu":
+            y = conv_as_matmul(x, kernel, self.stride, self.padding)
         else:
             y = jax.lax.conv_general_dilated(
                 x,
@@ -207,6 +230,12 @@ class Conv2d(nnx.Module):
         if self.bias is not None:
             y = y + self.bias.value.astype(self.dtype)
         return y
+
+    def _small_output(self, x: jax.Array) -> bool:
+        (top, bottom), (left, right) = self.padding
+        (kh, kw), stride = self.kernel_size, self.stride
+        out_h, out_w = (x.shape[1] + top + bottom - kh) // stride + 1, (x.shape[2] + left + right - kw) // stride + 1
+        return out_h * out_w <= SMALL_OUTPUT_AREA
 
 
 class BatchNorm(nnx.Module):

@@ -134,7 +134,10 @@ class ResNet(nnx.Module):
         self.dtype = compute_dtype(dtype)
         self.set_attributes(dtype=self.dtype, raise_if_not_found=False)  # every conv and the classifier
 
-    def __call__(self, images: jax.Array) -> jax.Array:
+    def __call__(self, images: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """Logits (or features) for NHWC images. `rngs` is the trainer's dropout stream, unused: like timm's
+        default (drop_rate 0), this ResNet has no dropout."""
+        del rngs
         x = jax.nn.relu(self.bn1(self.conv1(images.astype(self.dtype))))
         x = max_pool_3x3_stride_2(x)
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from ghostnet_jax.models import list_models
+from ghostnet_jax.models.registry import teacher_family
 from ghostnet_jax.models.ghostnet import REMAT_MODES
 from ghostnet_jax.models.layers import COMPUTE_DTYPES
 
@@ -18,9 +19,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first invalid field of `config`."""
     checks = [
         ("mode", config.mode in ("train", "eval"), "must be 'train' or 'eval'"),
-        ("model.name", config.model.name in list_models(), f"must be one of {list_models()}"),
+        (
+            "model.name",
+            config.model.name in list_models(teachers=True),
+            f"must be one of {list_models(teachers=True)}",
+        ),
         ("model.dtype", config.model.dtype in ("auto", *COMPUTE_DTYPES), _DTYPE_REQUIREMENT),
         ("remat", config.remat in REMAT_MODES, f"must be one of {REMAT_MODES}"),
+        (
+            "remat",
+            config.remat == "none" or teacher_family(config.model.name) is None,
+            f"must be 'none' for {config.model.name} ('block' recomputes GhostNet bottlenecks only)",
+        ),
         ("batch_size", config.batch_size > 0, "must be positive"),
         ("num_epochs", config.num_epochs > 0, "must be positive"),
         ("max_steps", config.max_steps is None or config.max_steps > 0, "must be positive or None"),

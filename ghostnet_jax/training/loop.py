@@ -74,12 +74,12 @@ def load_teacher(config: ml_collections.ConfigDict, num_classes: int, channels: 
 
 
 class Evaluator:
-    """Evaluates parameters on the eval split, with V3 fused first (what a deployed model runs)."""
+    """Evaluates parameters on the eval split, with V3 fused first (what a deployed model runs; for models
+    without re-parameterised branches `fuse` is an eval-mode copy)."""
 
     def __init__(self, model: nnx.Module, config: ml_collections.ConfigDict):
         self.template = nnx.clone(model)
         self.template.eval()
-        self.fused = model.version >= 3
         self.config = config
         self._steps: dict[Any, Callable] = {}
 
@@ -90,7 +90,7 @@ class Evaluator:
 
     def deploy_model(self, params: nnx.State, batch_stats: nnx.State) -> nnx.Module:
         model = self.model_with(params, batch_stats)
-        return fuse(model) if self.fused else model
+        return fuse(model)
 
     def __call__(self, params: nnx.State, batch_stats: nnx.State) -> dict[str, float]:
         graphdef, variables = nnx.split(self.deploy_model(params, batch_stats))
@@ -151,7 +151,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     info = dataset_info(config.data)
     overrides = model_overrides(config, info.channels)
     model = create_model(config.model.name, num_classes=info.num_classes, rngs=nnx.Rngs(config.seed), **overrides)
-    model.remat = config.remat
+    if config.remat != "none":  # GhostNets only (validate_config)
+        model.remat = config.remat
     if config.cross_device_bn:
         model.set_attributes(axis_name=AXIS, raise_if_not_found=False)
     graphdef, params, batch_stats, rest = split_model(model)
