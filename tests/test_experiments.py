@@ -12,19 +12,22 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import report, run
-from experiments.arms import ARMS, RECIPE, WIDTH_SERIES, augmentation
+from experiments.arms import ARMS, RECIPE, SEEDS, WIDTH_SERIES, augmentation, select
 from experiments.claims import CLAIMS
 from experiments.records import METRICS, REPO, RUN_INFO, TEACHER, eval_records, run_dir
-from experiments.scales import SCALES
+from experiments.overrides import load_config
+from experiments.scales import LONG_ARMS, SCALES
 from experiments.stats import AGREES, DISAGREES, INCONCLUSIVE, NOT_RUN, difference, overall
 from ghostnet_jax.checkpoint import model_spec, save_model
 from ghostnet_jax.models import create_model
 from ghostnet_jax.summary import count_params
+from ghostnet_jax.training.loop import eval_interval, step_counts
 from ghostnet_jax.training.optim import learning_rate_schedule
 
 ARMS_UNDER_TEST = ("v1", "v2")  # V1 and V2 at width 0.5: cheap to compile, both distil, and one claim compares them
 MODELS_UNDER_TEST = {"v1": ("ghostnet_050", {}), "v2": ("ghostnetv2_100", {"width": 0.5})}
-FASHION_STEPS_PER_EPOCH = 60000 // 128  # Fashion-MNIST's training split at the preset's batch size
+FASHION_TRAIN = 60000  # Fashion-MNIST's training split
+FASHION_STEPS_PER_EPOCH = FASHION_TRAIN // 128  # at the preset's batch size
 
 
 def test_every_arm_sets_every_factor_and_every_claim_names_real_arms(tmp_path):
@@ -73,6 +76,38 @@ def test_fashion_scale_trains_the_teacher_first_for_every_distilling_arm(tmp_pat
     assert runs[1].config().num_epochs == budget.shared["num_epochs"] == 0.5
     assert [r.overrides.get("distill.teacher") for r in runs[1:]] == [None, str(tmp_path / TEACHER / "checkpoints")] * 2
     assert run.plan_runs(["kd_off"], [0], scale="fashion", root=tmp_path, teacher=None, extra={})[0].arm == "kd_off"
+
+
+def test_long_budget_is_the_student_presets_length_evaluated_8_times_with_its_arms_and_a_given_teacher(
+        tmp_path, capsys):
+    long, short = SCALES["fashion_long"], SCALES["fashion"]
+    assert long.root != short.root and long.results != short.results
+    with pytest.raises(ValueError, match="pass --teacher"):
+        run.plan_runs(list(LONG_ARMS), SEEDS, scale="fashion_long", root=tmp_path, teacher=None, extra={})
+    runs = run.plan_runs(list(LONG_ARMS), SEEDS, scale="fashion_long", root=tmp_path, teacher="/t", extra={})
+    assert [(r.arm, r.seed) for r in runs] == [(arm, seed) for seed in SEEDS for arm in LONG_ARMS]
+    preset = load_config("configs/v3.py", "fashion_mnist")
+    for planned in runs:
+        config = planned.config()
+        assert config.num_epochs >= preset.num_epochs == 3.0 and config.data.image_size == preset.data.image_size
+        steps_per_epoch, end = step_counts(config, FASHION_TRAIN)
+        every = eval_interval(config, steps_per_epoch)
+        assert len(set(range(every, end + 1, every)) | {end}) >= 8, planned.arm  # the loop's evaluation steps
+        assert config.distill.teacher == "/t" or not ARMS[planned.arm].distils
+    assert select([], [], LONG_ARMS) == list(LONG_ARMS) and select([], ["reparam"], LONG_ARMS) == ["v3_n1"]
+    run.main(["--scale", "fashion_long", "--teacher", "/t", "--dry-run"])  # the one flag: its arms, its directory
+    workdirs = [line.split("--workdir ")[1].split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert workdirs == [str(run_dir(REPO / long.root, r.arm, r.seed)) for r in runs]
+
+
+def test_a_missing_teacher_is_refused_before_anything_trains(tmp_path):
+    args = ["--scale", "fashion_long", "--arms", "baseline", "--seeds", "0", "--root", str(tmp_path / "runs")]
+    with pytest.raises(ValueError, match="is not a directory: pass a checkpoint directory"):
+        run.main(args + ["--teacher", str(tmp_path / "missing")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no complete checkpoint"):
+        run.main(args + ["--teacher", str(tmp_path / "empty")])
+    assert not (tmp_path / "runs").exists()
 
 
 def test_imagenet_scale_builds_full_recipe_commands_with_the_given_teacher(tmp_path):
