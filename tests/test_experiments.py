@@ -192,6 +192,28 @@ def test_report_states_each_verdict_with_its_numbers(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 5000 and (tmp_path / "acc_vs_macs.png").stat().st_size > 5000
 
 
+def test_report_states_the_teachers_accuracy_and_whether_it_beats_every_student_run(tmp_path):
+    arms = {arm.name: arm for arm in [
+        synthetic_arm("baseline", [0.80, 0.81, 0.82], top1=[0.78, 0.79, 0.83]),
+        synthetic_arm("kd_off", [0.70, 0.71, 0.72]),
+    ]}
+    given = {"checkpoint": "/ckpt/resnet18", "model": "resnet18", "top1": 0.9, "examples": 10000,
+             "commit": "abcdef0123456789", "data": {"name": "fashion_mnist_debian", "eval_split": "test", "image_size": 40}}
+    trained = {"command": "python -m ghostnet_jax.main --config configs/v1.py", "final": {"ema_top1": 0.95, "top1": 0.5}}
+    assert report.describe_teacher(trained, None) == (
+        "Distillation teacher: `python -m ghostnet_jax.main --config configs/v1.py`, EMA top-1 95.00.", 0.95)
+    assert report.describe_teacher(trained, given)[1] == 0.9 and report.describe_teacher(None, None) is None
+    strong = report.markdown(tmp_path, tmp_path, arms, report.judge_claims(arms), report.describe_teacher(None, given))
+    assert ("Distillation teacher: `/ckpt/resnet18` (resnet18), top-1 90.00 on the 10,000 images of fashion_mnist_debian "
+            "`test` at 40 px (evaluated by the driver at commit abcdef0123). It beats every student run; the best, "
+            "baseline seed 2, reached raw top-1 83.00.") in strong
+    weak = report.describe_teacher(None, given | {"top1": 0.825})
+    assert ("It does **not** beat every student run: baseline seed 2 reached raw top-1 83.00, so the distillation arms "
+            "do not learn from a stronger teacher.") in report.markdown(tmp_path, tmp_path, arms, [], weak)
+    assert report.teacher_strength(0.83, report.arm_metrics(arms))[0] is False  # a tie is not stronger
+    assert report.teacher_strength(0.9, {}) == (None, "No student run has finished to compare it with.")
+
+
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     """Runs the driver twice (the second finds everything finished) and the report, on mock Fashion-MNIST.
