@@ -107,7 +107,7 @@ def mean_curve(runs: Sequence[RunResult]) -> list[tuple[int, float]]:
     return [(step, statistics.fmean(dict(run.curve)[step] for run in runs)) for step in sorted(steps)]
 
 
-def _pct(summary: Summary) -> str:
+def percent(summary: Summary) -> str:
     if summary.n == 0:
         return "-"
     return f"{100 * summary.mean:.2f}" + ("" if summary.std is None else f" ± {100 * summary.std:.2f}")
@@ -221,7 +221,7 @@ def _arms_table(arms: dict[str, ArmResult]) -> list[str]:
         commits = ", ".join(dict.fromkeys(c for run in arm.runs for c in run.commits)) or "-"
         lines.append(
             f"| {arm.name} | {ARMS[arm.name].group} | {', '.join(claims_of(arm.name))} | {model} | {params} | {macs} "
-            f"| {seeds} | {_pct(arm.summary('ema_top1'))} | {_pct(arm.summary('top1'))} | {wall} | {commits} |"
+            f"| {seeds} | {percent(arm.summary('ema_top1'))} | {percent(arm.summary('top1'))} | {wall} | {commits} |"
         )
     return lines
 

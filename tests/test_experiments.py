@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import report, run
+from experiments import budgets, report, run
 from experiments.arms import ARMS, RECIPE, SEEDS, WIDTH_SERIES, augmentation, select
 from experiments.claims import CLAIMS
 from experiments.records import METRICS, REPO, RUN_INFO, TEACHER, eval_records, run_dir
@@ -212,6 +212,20 @@ def test_report_states_the_teachers_accuracy_and_whether_it_beats_every_student_
             "do not learn from a stronger teacher.") in report.markdown(tmp_path, tmp_path, arms, [], weak)
     assert report.teacher_strength(0.83, report.arm_metrics(arms))[0] is False  # a tie is not stronger
     assert report.teacher_strength(0.9, {}) == (None, "No student run has finished to compare it with.")
+
+
+def test_committed_side_by_side_is_the_one_the_committed_results_give(tmp_path):
+    # Regenerated from each budget's committed results.json: the file holds no hand edits and no stale verdicts,
+    # and re-judging a budget's runs gives the verdicts its own report recorded (the rule is the same).
+    committed = (REPO / budgets.OUT / "results.md").read_text()
+    assert budgets.write_side_by_side({s: REPO / SCALES[s].results for s in budgets.BUDGETS}, tmp_path) == committed
+    assert (tmp_path / "differences.png").read_bytes().startswith(b"\x89PNG")
+    paths = [REPO / SCALES[scale].results / "results.json" for scale in budgets.BUDGETS]
+    recorded = [json.loads(path.read_text()) for path in paths if path.exists()]
+    assert recorded  # the half-epoch budget's at least
+    for results in recorded:
+        verdicts = {claim.key: verdict for claim, verdict, _ in report.judge(budgets.run_metrics(results))}
+        assert {claim["key"]: claim["verdict"] for claim in results["claims"]}.items() <= verdicts.items()
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,14 @@ def test_readme_quotes_result_tables_verbatim():
     assert quoted >= 1
 
 
+def test_readme_quotes_the_claims_at_both_budgets():
+    # The side-by-side verdicts are in the README as generated (test_readme_quotes_result_tables_verbatim then
+    # holds them to the file, row for row), so they cannot be dropped or left from an older run.
+    generated = markdown_tables((ROOT / "experiments" / "results" / "fashion_mnist_budgets" / "results.md").read_text())
+    (claims,) = [table for table in generated if table[0].startswith("| claim |")]
+    assert claims in markdown_tables((ROOT / "README.md").read_text())
+
+
 VERDICT_LINE = re.compile(r"^(\*\*.+\*\* \(.+\): \*\*[a-z]+\*\*|- `.+ − .+`: .+ → \*\*[a-z]+\*\*)$")
 
 
