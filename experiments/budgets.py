@@ -58,7 +58,7 @@ def _section(scale: str, label: str, results: Mapping[str, Any] | None) -> list[
     metrics = run_metrics(results)
     seeds = sorted({len(by_seed) for by_seed in metrics.values()}) or [0]
     per_arm = str(seeds[0]) if seeds[0] == seeds[-1] else f"{seeds[0]}-{seeds[-1]}"
-    lines.append(f"{sum(map(len, metrics.values()))} finished runs of {len(metrics)} arms ({per_arm} seeds per arm), "
+    lines.append(f"{sum(map(len, metrics.values()))} finished runs of {len(metrics)} arms (seeds per arm: {per_arm}), "
                  f"from `{SCALES[scale].results}/results.md`, which gives every run with its commit and config.")
     teacher = describe_teacher(results.get("teacher"), results.get("teacher_eval"))
     if teacher is not None:

@@ -1,5 +1,6 @@
 """The ablation suite: its arms, claims, run plans and verdict rule, the report on synthetic results, and the
-driver and report end to end on mock data (2 arms x 1 seed, one step each)."""
+driver, report and side-by-side end to end on mock data at the long budget (2 arms x 1 seed, 3 steps each,
+an untrained ResNet teacher)."""
 
 import json
 import math
@@ -14,7 +15,7 @@ from ml_collections import config_flags
 from experiments import budgets, report, run
 from experiments.arms import ARMS, RECIPE, SEEDS, WIDTH_SERIES, augmentation, select
 from experiments.claims import CLAIMS
-from experiments.records import METRICS, REPO, RUN_INFO, TEACHER, eval_records, run_dir
+from experiments.records import METRICS, REPO, RUN_INFO, TEACHER, TEACHER_EVAL, eval_records, run_dir
 from experiments.overrides import load_config
 from experiments.scales import LONG_ARMS, SCALES
 from experiments.stats import AGREES, DISAGREES, INCONCLUSIVE, NOT_RUN, difference, overall
@@ -230,32 +231,35 @@ def test_committed_side_by_side_is_the_one_the_committed_results_give(tmp_path):
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
-    """Runs the driver twice (the second finds everything finished) and the report, on mock Fashion-MNIST.
+    """Runs the long budget's driver twice (the second finds everything finished), the report and the side by
+    side with the committed half-epoch results, on mock Fashion-MNIST.
 
-    One step per arm: compiling a train step takes minutes on a 2-core CPU, so the teacher is a saved
-    untrained network (`--teacher`) rather than a third training run; test_fashion_scale_trains_the_teacher_first
-    checks the plan that trains one."""
-    root, out = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("results")
+    The budget's 3 epochs of 8 images are 3 steps per arm; compiling a train step takes minutes on a 2-core CPU,
+    so the teacher is a saved untrained ResNet-18 (`--teacher`, as the long budget requires) rather than a third
+    training run; test_fashion_scale_trains_the_teacher_first checks the plan that trains one."""
+    root, out, side = (tmp_path_factory.mktemp(name) for name in ("runs", "results", "budgets"))
     teacher = tmp_path_factory.mktemp("teacher") / "checkpoints"
-    model = create_model("ghostnet_050", num_classes=10, in_chans=1)
-    save_model(teacher, model, model_spec("ghostnet_050", num_classes=10, overrides={"in_chans": 1}, fused=False))
-    args = ["--arms", ",".join(ARMS_UNDER_TEST), "--seeds", "0", "--root", str(root), "--teacher", str(teacher),
-            f"data.data_dir={tmp_path_factory.mktemp('tfds')}", "data.num_train=8", "data.num_eval=16",
-            "data.image_size=36", "batch_size=8", "log_every_steps=1"]
+    model = create_model("resnet18", num_classes=10, in_chans=1)
+    save_model(teacher, model, model_spec("resnet18", num_classes=10, overrides={"in_chans": 1}, fused=False))
+    args = ["--scale", "fashion_long", "--arms", ",".join(ARMS_UNDER_TEST), "--seeds", "0", "--root", str(root),
+            "--teacher", str(teacher), f"data.data_dir={tmp_path_factory.mktemp('tfds')}", "data.num_train=8",
+            "data.num_eval=16", "data.image_size=36", "batch_size=8", "log_every_steps=1"]
+    records = (METRICS, RUN_INFO, TEACHER_EVAL)
     with tfds.testing.mock_data(num_examples=16):
         run.main(args)
-        first = {path: path.read_bytes() for path in root.rglob("*") if path.name in (METRICS, RUN_INFO)}
+        first = {path: path.read_bytes() for path in root.rglob("*") if path.name in records}
         run.main(args)
-        second = {path: path.read_bytes() for path in root.rglob("*") if path.name in (METRICS, RUN_INFO)}
+        second = {path: path.read_bytes() for path in root.rglob("*") if path.name in records}
     report.main(["--root", str(root), "--out", str(out)])
-    return root, out, teacher, first, second
+    budgets.main(["--results", f"fashion_long={out}", "--out", str(side)])
+    return root, out, teacher, first, second, side
 
 
 def test_rerunning_the_driver_skips_finished_runs(suite):
-    root, _, _, first, second = suite
+    root, _, _, first, second, _ = suite
     assert first == second
     assert sorted(str(path.relative_to(root)) for path in first) == sorted(
-        f"{name}/seed0/{file}" for name in ARMS_UNDER_TEST for file in (METRICS, RUN_INFO)
+        [f"{name}/seed0/{file}" for name in ARMS_UNDER_TEST for file in (METRICS, RUN_INFO)] + [TEACHER_EVAL]
     )
 
 
@@ -266,9 +270,11 @@ def test_runs_record_their_commit_command_and_teacher(suite):
         info = json.loads((run_dir(root, name, 0) / RUN_INFO).read_text())
         (attempt,) = info["attempts"]
         assert attempt["commit"] == head and attempt["completed"] and attempt["wall_seconds"] > 0
-        assert info["final_step"] == 1 and info["overrides"]["model.name"] == ARMS[name].overrides["model.name"]
+        assert info["final_step"] == 3 and info["overrides"]["model.name"] == ARMS[name].overrides["model.name"]
+        assert info["scale"] == "fashion_long" and [r["step"] for r in eval_records(run_dir(root, name, 0))] == [1, 2, 3]
         config = json.loads((run_dir(root, name, 0) / "config.json").read_text())
         assert config["distill"]["teacher"] == str(teacher) and config["data"]["randaugment"] == ""  # the scale's
+        assert config["num_epochs"] == SCALES["fashion_long"].shared["num_epochs"]
         assert f"--config.distill.teacher={teacher}" in info["command"] and "--config.seed=0" in info["command"]
 
 
@@ -277,8 +283,15 @@ def test_report_table_holds_the_runs_final_metrics_and_costs(suite):
     results = json.loads((out / "results.json").read_text())
     table = (out / "results.md").read_text()
     assert set(results["arms"]) == set(ARMS_UNDER_TEST) and results["teacher"] is None
+    finals = {name: eval_records(run_dir(root, name, 0))[-1] for name in ARMS_UNDER_TEST}
+    given = json.loads((root / TEACHER_EVAL).read_text())
+    assert results["teacher_eval"] == given and results["teacher_top1"] == given["top1"]
+    assert given["model"] == "resnet18" and given["examples"] == 16 and given["data"]["eval_split"] == "test"
+    best_student = max(final[metric] for final in finals.values() for metric in ("ema_top1", "top1"))
+    assert results["teacher_beats_students"] == (given["top1"] > best_student)
+    assert f"(resnet18), top-1 {100 * given['top1']:.2f} on the 16 images of fashion_mnist_debian `test`" in table
     for name in ARMS_UNDER_TEST:
-        (final,) = eval_records(run_dir(root, name, 0))
+        final = finals[name]
         arm = results["arms"][name]
         assert arm["ema_top1"] == {"mean": final["ema_top1"], "std": None, "n": 1}
         assert arm["top1"] == {"mean": final["top1"], "std": None, "n": 1}
@@ -301,6 +314,19 @@ def test_report_table_holds_the_runs_final_metrics_and_costs(suite):
     assert f"- `v2 − v1`: {100 * v2_v1:+.2f} pp (no spread with fewer than 2 seeds" in table
     for claim in CLAIMS:
         assert f"**{claim.statement}** ({claim.paper}): **{verdicts[claim.key]['verdict']}**" in table
+
+
+def test_side_by_side_reads_the_long_budgets_runs_next_to_the_committed_half_epoch(suite):
+    _, out, *_, side = suite
+    long = json.loads((out / "results.json").read_text())
+    (dfc,) = [claim for claim in long["claims"] if claim["key"] == "dfc"]
+    v2_v1 = dfc["comparisons"][0]
+    text = (side / "results.md").read_text()
+    committed = (REPO / budgets.OUT / "results.md").read_text().splitlines()
+    (half_epoch,) = [line.split(" | ")[1] for line in committed if line.startswith("| `v2 − v1` |")]
+    assert f"| `v2 − v1` | {half_epoch} | {100 * v2_v1['diff']:+.2f} pp (no spread; n = 1 vs 1) → inconclusive |" in text
+    assert "## `fashion_long`: 3 epochs at 36 px" in text and "2 finished runs of 2 arms (seeds per arm: 1)" in text
+    assert (side / "differences.png").stat().st_size > 5000
 
 
 def test_report_writes_both_figures(suite):
