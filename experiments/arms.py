@@ -118,11 +118,13 @@ def groups() -> list[str]:
     return list(dict.fromkeys(arm.group for arm in ARMS.values()))
 
 
-def select(names: list[str], group_names: list[str]) -> list[str]:
-    """The named arms plus every arm of the named groups, in table order; all arms if neither is given."""
+def select(names: list[str], group_names: list[str], available: tuple[str, ...] | None = None) -> list[str]:
+    """The named arms plus the `available` arms (default: all) of the named groups, in table order; every
+    available arm if neither is given."""
     unknown = [name for name in names if name not in ARMS] + [g for g in group_names if g not in groups()]
     if unknown:
         raise ValueError(f"unknown arm or group {unknown[0]!r}; arms: {', '.join(ARMS)}; groups: {', '.join(groups())}")
+    available = tuple(ARMS) if available is None else available
     if not names and not group_names:
-        return list(ARMS)
-    return [name for name, arm in ARMS.items() if name in names or arm.group in group_names]
+        return [name for name in ARMS if name in available]
+    return [name for name, arm in ARMS.items() if name in names or (arm.group in group_names and name in available)]

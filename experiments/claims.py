@@ -63,6 +63,8 @@ CLAIMS: tuple[Claim, ...] = (
           (_C("baseline", "baseline", "ema_top1", "top1"),)),
     Claim("randaugment", "RandAugment helps", "GhostNetV3", (_C("aug_ra", "aug_none"), _C("aug_ra_re", "aug_re"))),
     Claim("erasing", "random erasing helps", "GhostNetV3", (_C("aug_re", "aug_none"), _C("aug_ra_re", "aug_ra"))),
+    Claim("augmentation", "RandAugment with random erasing (the V3 recipe's augmentation) helps", "GhostNetV3",
+          (_C("aug_ra_re", "aug_none"),)),
     Claim("mixup", "Mixup hurts", "GhostNetV3", (_C("baseline", "mixup"),)),
     Claim("cutmix", "CutMix hurts", "GhostNetV3", (_C("baseline", "cutmix"),)),
 )

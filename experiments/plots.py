@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -53,6 +54,31 @@ def plot_accuracy_vs_macs(series: Mapping[str, Sequence[tuple[str, float, float,
     ax.grid(alpha=0.3)
     if series:
         ax.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_differences(rows: Sequence[tuple[str, Mapping[str, Any]]], path: Path) -> None:
+    """`rows` = [(comparison, {budget: Difference})]: each comparison's mean difference with ± 2 SE (the verdict
+    rule's threshold) at each budget, so a bar clear of zero on the right agrees and on the left disagrees."""
+    budgets = list(dict.fromkeys(budget for _, by_budget in rows for budget in by_budget))
+    figure, ax = plt.subplots(figsize=(7, 0.32 * max(len(rows), 4) + 1.2))
+    offsets = [0.18 * (i - (len(budgets) - 1) / 2) for i in range(len(budgets))]
+    for budget, offset in zip(budgets, offsets):
+        points = [(y, by_budget[budget]) for y, (_, by_budget) in enumerate(rows)
+                  if budget in by_budget and by_budget[budget].diff is not None]
+        if points:
+            ax.errorbar([100 * d.diff for _, d in points], [y + offset for y, _ in points],
+                        xerr=[200 * (d.se or 0.0) for _, d in points], fmt="o", markersize=4, capsize=2,
+                        label=budget.replace("`", ""))
+    ax.axvline(0.0, color="k", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel="claimed better − worse (pp), ± 2 SE", title="The claims' comparisons at each budget")
+    ax.grid(alpha=0.3, axis="x")
+    if budgets:
+        ax.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

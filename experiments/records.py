@@ -1,8 +1,9 @@
 """What a run directory holds, shared by the driver and the report.
 
-`<root>/<arm>/seed<k>/` (and `<root>/teacher/`) holds `config.json` and `metrics.jsonl` (written by the
-training loop) and `run_info.json` (written by the driver: arm, seed, overrides, the equivalent command,
-the step the run ends at, and one entry per attempt with its git commit and wall time).
+`<root>/<arm>/seed<k>/` (and `<root>/teacher/`, when the driver trains the teacher) holds `config.json` and
+`metrics.jsonl` (written by the training loop) and `run_info.json` (written by the driver: arm, seed, overrides,
+the equivalent command, the step the run ends at, and one entry per attempt with its git commit and wall time).
+A teacher given to the driver is evaluated once into `<root>/teacher_eval.json`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 RUN_INFO, METRICS, CONFIG = "run_info.json", "metrics.jsonl", "config.json"
-TEACHER = "teacher"
+TEACHER = "teacher"  # the directory of a teacher the driver trains
+TEACHER_EVAL = "teacher_eval.json"  # the accuracy of a given teacher (`--teacher`), in the run root
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -23,12 +23,14 @@ from experiments.claims import CLAIMS, Claim, Comparison, claims_of
 from experiments.costs import deployed_costs
 from experiments.plots import plot_accuracy_vs_macs, plot_curves
 from experiments.records import (
-    CONFIG, REPO, RUN_INFO, TEACHER, eval_records, final_eval, read_json, run_dir, write_json,
+    CONFIG, REPO, RUN_INFO, TEACHER, TEACHER_EVAL, eval_records, final_eval, read_json, run_dir, write_json,
 )
 from experiments.scales import SCALES
 from experiments.stats import NOT_RUN, Z, Difference, Summary, summarize
 
 METRICS = ("ema_top1", "top1")
+METRIC_LABELS = {"ema_top1": "EMA top-1", "top1": "raw top-1"}
+Metrics = Mapping[str, Mapping[int, Mapping[str, float]]]  # metrics[arm][seed]: a finished run's final eval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +107,7 @@ def mean_curve(runs: Sequence[RunResult]) -> list[tuple[int, float]]:
     return [(step, statistics.fmean(dict(run.curve)[step] for run in runs)) for step in sorted(steps)]
 
 
-def _pct(summary: Summary) -> str:
+def percent(summary: Summary) -> str:
     if summary.n == 0:
         return "-"
     return f"{100 * summary.mean:.2f}" + ("" if summary.std is None else f" ± {100 * summary.std:.2f}")
@@ -144,9 +146,46 @@ def _comparison_line(comparison: Comparison, d: Difference, arms: dict[str, ArmR
 Judged = tuple[Claim, str, list[Difference]]  # a claim, its verdict, one difference per comparison
 
 
-def judge_claims(arms: dict[str, ArmResult]) -> list[Judged]:
-    metrics = {name: {run.seed: run.final for run in arm.runs} for name, arm in arms.items()}
+def arm_metrics(arms: dict[str, ArmResult]) -> Metrics:
+    return {name: {run.seed: run.final for run in arm.runs} for name, arm in arms.items()}
+
+
+def judge(metrics: Metrics) -> list[Judged]:
     return [(claim, *claim.judge(metrics)) for claim in CLAIMS]
+
+
+def judge_claims(arms: dict[str, ArmResult]) -> list[Judged]:
+    return judge(arm_metrics(arms))
+
+
+def describe_teacher(trained: Mapping[str, Any] | None, given: Mapping[str, Any] | None) -> tuple[str, float] | None:
+    """The report's sentence on the distillation teacher and its top-1 on the eval split: a given teacher's
+    evaluation by the driver (teacher_eval.json), else the final EMA top-1 of the teacher the driver trained
+    (its checkpoint holds the EMA weights); None when the suite has neither."""
+    if given is not None:
+        data = given["data"]
+        text = (f"Distillation teacher: `{given['checkpoint']}` ({given['model']}), top-1 {100 * given['top1']:.2f} on "
+                f"the {given['examples']:,} images of {data['name']} `{data['eval_split']}` at {data['image_size']} px "
+                f"(evaluated by the driver at commit {given['commit'][:10]}).")
+        return text, given["top1"]
+    if trained is not None:
+        top1 = trained["final"]["ema_top1"]
+        return f"Distillation teacher: `{trained['command']}`, EMA top-1 {100 * top1:.2f}.", top1
+    return None
+
+
+def teacher_strength(teacher_top1: float, metrics: Metrics) -> tuple[bool | None, str]:
+    """Whether the teacher beats every student run (EMA and raw top-1 alike), and the sentence that says so."""
+    finals = [(final[metric], arm, seed, metric)
+              for arm, by_seed in metrics.items() for seed, final in by_seed.items() for metric in METRICS]
+    if not finals:
+        return None, "No student run has finished to compare it with."
+    best, arm, seed, metric = max(finals)
+    who, score = f"{arm} seed {seed}", f"{METRIC_LABELS[metric]} {100 * best:.2f}"
+    if teacher_top1 > best:
+        return True, f"It beats every student run; the best, {who}, reached {score}."
+    return False, (f"It does **not** beat every student run: {who} reached {score}, so the distillation arms do "
+                   f"not learn from a stronger teacher.")
 
 
 def _claim_json(judged: Judged) -> dict[str, Any]:
@@ -182,7 +221,7 @@ def _arms_table(arms: dict[str, ArmResult]) -> list[str]:
         commits = ", ".join(dict.fromkeys(c for run in arm.runs for c in run.commits)) or "-"
         lines.append(
             f"| {arm.name} | {ARMS[arm.name].group} | {', '.join(claims_of(arm.name))} | {model} | {params} | {macs} "
-            f"| {seeds} | {_pct(arm.summary('ema_top1'))} | {_pct(arm.summary('top1'))} | {wall} | {commits} |"
+            f"| {seeds} | {percent(arm.summary('ema_top1'))} | {percent(arm.summary('top1'))} | {wall} | {commits} |"
         )
     return lines
 
@@ -212,7 +251,8 @@ def _runs_table(arms: dict[str, ArmResult]) -> list[str]:
 
 
 def markdown(root: Path, out: Path, arms: dict[str, ArmResult], claims: list[Judged],
-             teacher: RunResult | None) -> str:
+             teacher: tuple[str, float] | None) -> str:
+    """results.md; `teacher` is what `describe_teacher` says of it."""
     scales = sorted({run.info["scale"] for arm in arms.values() for run in arm.runs})
     lines = [
         f"# Ablations of the GhostNetV2/V3 claims: scale {', '.join(scales) or '-'}",
@@ -223,8 +263,7 @@ def markdown(root: Path, out: Path, arms: dict[str, ArmResult], claims: list[Jud
         "",
     ]
     if teacher is not None:
-        top1 = 100 * teacher.final["ema_top1"]
-        lines += [f"Distillation teacher: `{teacher.info['command']}`, EMA top-1 {top1:.2f}.", ""]
+        lines += [f"{teacher[0]} {teacher_strength(teacher[1], arm_metrics(arms))[1]}", ""]
     lines += _arms_table(arms) + ["", "## Claims", ""] + _claims_section(claims, arms)
     lines += ["## Figures", "", "![EMA top-1 curves](curves.png)", "", "![Accuracy against MACs](acc_vs_macs.png)", "",
               "## Arms", "", "| arm | settings that differ from the baseline |", "|---|---|"]
@@ -264,11 +303,17 @@ def write_report(root: str | Path, out: str | Path) -> dict[str, Any]:
     root, out = Path(root).absolute(), Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     arms = collect(root)
-    teacher = load_run(root / TEACHER)
+    trained = load_run(root / TEACHER)
+    trained = None if trained is None else _run_json(trained)
+    given = read_json(root / TEACHER_EVAL)
+    teacher = describe_teacher(trained, given)
     claims = judge_claims(arms)
     results = {
         "root": _relative(root),
-        "teacher": None if teacher is None else _run_json(teacher),
+        "teacher": trained,
+        "teacher_eval": given,
+        "teacher_top1": None if teacher is None else teacher[1],
+        "teacher_beats_students": None if teacher is None else teacher_strength(teacher[1], arm_metrics(arms))[0],
         "arms": {
             name: {"group": ARMS[name].group, "claims": claims_of(name), "overrides": arm.overrides, "costs": arm.costs,
                    "seeds_started": arm.started,

@@ -3,6 +3,10 @@
     python -m experiments.run [--arms baseline,v1] [--groups reparam] [--seeds 0,1,2] [--scale fashion]
                               [--root DIR] [--teacher CHECKPOINTS] [--shard K/N] [--dry-run] [key=value ...]
 
+`--scale` picks the budget (experiments/scales.py): `fashion`, half an epoch (the default), `fashion_long`, the
+offline preset's 3 epochs with its own arms and a given `--teacher`, or `imagenet`. Each scale keeps its runs
+and results apart.
+
 Runs go one after another in this process; `--shard K/N` runs every N-th of them, so that N drivers (one
 per core, or per accelerator) share a suite without training the same run. A run whose metrics end with an
 evaluation at its final step is skipped, so rerunning a command resumes the suite (the loop itself resumes a
@@ -32,6 +36,7 @@ from experiments.arms import ARMS, SEEDS, groups, select
 from experiments.overrides import apply_overrides, load_config, main_command, parse_assignments
 from experiments.records import CONFIG, RUN_INFO, TEACHER, final_eval, git_state, read_json, run_dir, write_json
 from experiments.scales import SCALES, TEACHER_CONFIG
+from experiments.teacher import check_teacher_directory, record_teacher_accuracy
 from ghostnet_jax.data.pipeline import dataset_info
 from ghostnet_jax.training.loop import step_counts, train_and_evaluate
 
@@ -156,10 +161,16 @@ def run_suite(arm_names: Sequence[str], seeds: Sequence[int] = SEEDS, *, scale: 
               root: str | Path | None = None, teacher: str | None = None, extra: Mapping[str, Any] | None = None,
               shard_of: tuple[int, int] = (0, 1), dry_run: bool = False) -> list[Run]:
     """Plans and (unless `dry_run`, which prints each run's equivalent command) trains the runs of shard
-    `shard_of` = (K, N); a shard other than 0 first waits for the teacher that shard 0 trains."""
+    `shard_of` = (K, N); a shard other than 0 first waits for the teacher that shard 0 trains. A given `teacher`
+    is checked first, and shard 0 records its accuracy on the students' eval split."""
     root = Path(root or SCALES[scale].root).absolute()
     planned = plan_runs(arm_names, seeds, scale=scale, root=root, teacher=teacher, extra=extra or {})
     runs = shard(planned, *shard_of)
+    distilling = [run for run in planned if run.arm != TEACHER and ARMS[run.arm].distils]
+    if not dry_run and teacher is not None and distilling:
+        check_teacher_directory(teacher)
+        if shard_of[0] == 0 and not distilling[0].config().multihost:  # JAX may not compute before a multi-host init
+            record_teacher_accuracy(distilling[0].config(), root)
     if not dry_run and shard_of[0] > 0 and planned[0].arm == TEACHER:
         wait_until_finished(planned[0])
     failures, trained = [], 0
@@ -198,16 +209,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--arms", type=_names, default=[], help=f"comma-separated, of: {', '.join(ARMS)}")
     parser.add_argument("--groups", type=_names, default=[], help=f"comma-separated, of: {', '.join(groups())}")
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in _names(text)], default=list(SEEDS))
-    parser.add_argument("--scale", choices=list(SCALES), default="fashion")
+    parser.add_argument("--scale", choices=list(SCALES), default="fashion",
+                        help="the budget every run shares, its arms and its run directory (experiments/scales.py)")
     parser.add_argument("--root", help="run directory (default: the scale's)")
-    parser.add_argument("--teacher", help="checkpoint directory of the distillation teacher (default: train one)")
+    parser.add_argument("--teacher", help="checkpoint directory of the distillation teacher (default: train one; "
+                        "required where the scale trains none: fashion_long, imagenet)")
     parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
                         help="run every N-th run from the K-th (0-based): start N drivers to share a suite")
     parser.add_argument("--dry-run", action="store_true", help="print each run's equivalent command; train nothing")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = parser.parse_args(argv)
     try:
-        arm_names, extra = select(args.arms, args.groups), parse_assignments(args.overrides)
+        arm_names = select(args.arms, args.groups, SCALES[args.scale].arms)
+        extra = parse_assignments(args.overrides)
     except ValueError as error:
         parser.error(str(error))
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes at INFO

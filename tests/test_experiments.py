@@ -1,5 +1,6 @@
 """The ablation suite: its arms, claims, run plans and verdict rule, the report on synthetic results, and the
-driver and report end to end on mock data (2 arms x 1 seed, one step each)."""
+driver, report and side-by-side end to end on mock data at the long budget (2 arms x 1 seed, 3 steps each,
+an untrained ResNet teacher)."""
 
 import json
 import math
@@ -11,20 +12,23 @@ import tensorflow_datasets as tfds
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import report, run
-from experiments.arms import ARMS, RECIPE, WIDTH_SERIES, augmentation
+from experiments import budgets, report, run
+from experiments.arms import ARMS, RECIPE, SEEDS, WIDTH_SERIES, augmentation, select
 from experiments.claims import CLAIMS
-from experiments.records import METRICS, REPO, RUN_INFO, TEACHER, eval_records, run_dir
-from experiments.scales import SCALES
+from experiments.records import METRICS, REPO, RUN_INFO, TEACHER, TEACHER_EVAL, eval_records, run_dir
+from experiments.overrides import load_config
+from experiments.scales import LONG_ARMS, SCALES
 from experiments.stats import AGREES, DISAGREES, INCONCLUSIVE, NOT_RUN, difference, overall
 from ghostnet_jax.checkpoint import model_spec, save_model
 from ghostnet_jax.models import create_model
 from ghostnet_jax.summary import count_params
+from ghostnet_jax.training.loop import eval_interval, step_counts
 from ghostnet_jax.training.optim import learning_rate_schedule
 
 ARMS_UNDER_TEST = ("v1", "v2")  # V1 and V2 at width 0.5: cheap to compile, both distil, and one claim compares them
 MODELS_UNDER_TEST = {"v1": ("ghostnet_050", {}), "v2": ("ghostnetv2_100", {"width": 0.5})}
-FASHION_STEPS_PER_EPOCH = 60000 // 128  # Fashion-MNIST's training split at the preset's batch size
+FASHION_TRAIN = 60000  # Fashion-MNIST's training split
+FASHION_STEPS_PER_EPOCH = FASHION_TRAIN // 128  # at the preset's batch size
 
 
 def test_every_arm_sets_every_factor_and_every_claim_names_real_arms(tmp_path):
@@ -73,6 +77,38 @@ def test_fashion_scale_trains_the_teacher_first_for_every_distilling_arm(tmp_pat
     assert runs[1].config().num_epochs == budget.shared["num_epochs"] == 0.5
     assert [r.overrides.get("distill.teacher") for r in runs[1:]] == [None, str(tmp_path / TEACHER / "checkpoints")] * 2
     assert run.plan_runs(["kd_off"], [0], scale="fashion", root=tmp_path, teacher=None, extra={})[0].arm == "kd_off"
+
+
+def test_long_budget_is_the_student_presets_length_evaluated_8_times_with_its_arms_and_a_given_teacher(
+        tmp_path, capsys):
+    long, short = SCALES["fashion_long"], SCALES["fashion"]
+    assert long.root != short.root and long.results != short.results
+    with pytest.raises(ValueError, match="pass --teacher"):
+        run.plan_runs(list(LONG_ARMS), SEEDS, scale="fashion_long", root=tmp_path, teacher=None, extra={})
+    runs = run.plan_runs(list(LONG_ARMS), SEEDS, scale="fashion_long", root=tmp_path, teacher="/t", extra={})
+    assert [(r.arm, r.seed) for r in runs] == [(arm, seed) for seed in SEEDS for arm in LONG_ARMS]
+    preset = load_config("configs/v3.py", "fashion_mnist")
+    for planned in runs:
+        config = planned.config()
+        assert config.num_epochs >= preset.num_epochs == 3.0 and config.data.image_size == preset.data.image_size
+        steps_per_epoch, end = step_counts(config, FASHION_TRAIN)
+        every = eval_interval(config, steps_per_epoch)
+        assert len(set(range(every, end + 1, every)) | {end}) >= 8, planned.arm  # the loop's evaluation steps
+        assert config.distill.teacher == "/t" or not ARMS[planned.arm].distils
+    assert select([], [], LONG_ARMS) == list(LONG_ARMS) and select([], ["reparam"], LONG_ARMS) == ["v3_n1"]
+    run.main(["--scale", "fashion_long", "--teacher", "/t", "--dry-run"])  # the one flag: its arms, its directory
+    workdirs = [line.split("--workdir ")[1].split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert workdirs == [str(run_dir(REPO / long.root, r.arm, r.seed)) for r in runs]
+
+
+def test_a_missing_teacher_is_refused_before_anything_trains(tmp_path):
+    args = ["--scale", "fashion_long", "--arms", "baseline", "--seeds", "0", "--root", str(tmp_path / "runs")]
+    with pytest.raises(ValueError, match="is not a directory: pass a checkpoint directory"):
+        run.main(args + ["--teacher", str(tmp_path / "missing")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no complete checkpoint"):
+        run.main(args + ["--teacher", str(tmp_path / "empty")])
+    assert not (tmp_path / "runs").exists()
 
 
 def test_imagenet_scale_builds_full_recipe_commands_with_the_given_teacher(tmp_path):
@@ -157,34 +193,73 @@ def test_report_states_each_verdict_with_its_numbers(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 5000 and (tmp_path / "acc_vs_macs.png").stat().st_size > 5000
 
 
+def test_report_states_the_teachers_accuracy_and_whether_it_beats_every_student_run(tmp_path):
+    arms = {arm.name: arm for arm in [
+        synthetic_arm("baseline", [0.80, 0.81, 0.82], top1=[0.78, 0.79, 0.83]),
+        synthetic_arm("kd_off", [0.70, 0.71, 0.72]),
+    ]}
+    given = {"checkpoint": "/ckpt/resnet18", "model": "resnet18", "top1": 0.9, "examples": 10000,
+             "commit": "abcdef0123456789", "data": {"name": "fashion_mnist_debian", "eval_split": "test", "image_size": 40}}
+    trained = {"command": "python -m ghostnet_jax.main --config configs/v1.py", "final": {"ema_top1": 0.95, "top1": 0.5}}
+    assert report.describe_teacher(trained, None) == (
+        "Distillation teacher: `python -m ghostnet_jax.main --config configs/v1.py`, EMA top-1 95.00.", 0.95)
+    assert report.describe_teacher(trained, given)[1] == 0.9 and report.describe_teacher(None, None) is None
+    strong = report.markdown(tmp_path, tmp_path, arms, report.judge_claims(arms), report.describe_teacher(None, given))
+    assert ("Distillation teacher: `/ckpt/resnet18` (resnet18), top-1 90.00 on the 10,000 images of fashion_mnist_debian "
+            "`test` at 40 px (evaluated by the driver at commit abcdef0123). It beats every student run; the best, "
+            "baseline seed 2, reached raw top-1 83.00.") in strong
+    weak = report.describe_teacher(None, given | {"top1": 0.825})
+    assert ("It does **not** beat every student run: baseline seed 2 reached raw top-1 83.00, so the distillation arms "
+            "do not learn from a stronger teacher.") in report.markdown(tmp_path, tmp_path, arms, [], weak)
+    assert report.teacher_strength(0.83, report.arm_metrics(arms))[0] is False  # a tie is not stronger
+    assert report.teacher_strength(0.9, {}) == (None, "No student run has finished to compare it with.")
+
+
+def test_committed_side_by_side_is_the_one_the_committed_results_give(tmp_path):
+    # Regenerated from each budget's committed results.json: the file holds no hand edits and no stale verdicts,
+    # and re-judging a budget's runs gives the verdicts its own report recorded (the rule is the same).
+    committed = (REPO / budgets.OUT / "results.md").read_text()
+    assert budgets.write_side_by_side({s: REPO / SCALES[s].results for s in budgets.BUDGETS}, tmp_path) == committed
+    assert (tmp_path / "differences.png").read_bytes().startswith(b"\x89PNG")
+    paths = [REPO / SCALES[scale].results / "results.json" for scale in budgets.BUDGETS]
+    recorded = [json.loads(path.read_text()) for path in paths if path.exists()]
+    assert recorded  # the half-epoch budget's at least
+    for results in recorded:
+        verdicts = {claim.key: verdict for claim, verdict, _ in report.judge(budgets.run_metrics(results))}
+        assert {claim["key"]: claim["verdict"] for claim in results["claims"]}.items() <= verdicts.items()
+
+
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
-    """Runs the driver twice (the second finds everything finished) and the report, on mock Fashion-MNIST.
+    """Runs the long budget's driver twice (the second finds everything finished), the report and the side by
+    side with the committed half-epoch results, on mock Fashion-MNIST.
 
-    One step per arm: compiling a train step takes minutes on a 2-core CPU, so the teacher is a saved
-    untrained network (`--teacher`) rather than a third training run; test_fashion_scale_trains_the_teacher_first
-    checks the plan that trains one."""
-    root, out = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("results")
+    The budget's 3 epochs of 8 images are 3 steps per arm; compiling a train step takes minutes on a 2-core CPU,
+    so the teacher is a saved untrained ResNet-18 (`--teacher`, as the long budget requires) rather than a third
+    training run; test_fashion_scale_trains_the_teacher_first checks the plan that trains one."""
+    root, out, side = (tmp_path_factory.mktemp(name) for name in ("runs", "results", "budgets"))
     teacher = tmp_path_factory.mktemp("teacher") / "checkpoints"
-    model = create_model("ghostnet_050", num_classes=10, in_chans=1)
-    save_model(teacher, model, model_spec("ghostnet_050", num_classes=10, overrides={"in_chans": 1}, fused=False))
-    args = ["--arms", ",".join(ARMS_UNDER_TEST), "--seeds", "0", "--root", str(root), "--teacher", str(teacher),
-            f"data.data_dir={tmp_path_factory.mktemp('tfds')}", "data.num_train=8", "data.num_eval=16",
-            "data.image_size=36", "batch_size=8", "log_every_steps=1"]
+    model = create_model("resnet18", num_classes=10, in_chans=1)
+    save_model(teacher, model, model_spec("resnet18", num_classes=10, overrides={"in_chans": 1}, fused=False))
+    args = ["--scale", "fashion_long", "--arms", ",".join(ARMS_UNDER_TEST), "--seeds", "0", "--root", str(root),
+            "--teacher", str(teacher), f"data.data_dir={tmp_path_factory.mktemp('tfds')}", "data.num_train=8",
+            "data.num_eval=16", "data.image_size=36", "batch_size=8", "log_every_steps=1"]
+    records = (METRICS, RUN_INFO, TEACHER_EVAL)
     with tfds.testing.mock_data(num_examples=16):
         run.main(args)
-        first = {path: path.read_bytes() for path in root.rglob("*") if path.name in (METRICS, RUN_INFO)}
+        first = {path: path.read_bytes() for path in root.rglob("*") if path.name in records}
         run.main(args)
-        second = {path: path.read_bytes() for path in root.rglob("*") if path.name in (METRICS, RUN_INFO)}
+        second = {path: path.read_bytes() for path in root.rglob("*") if path.name in records}
     report.main(["--root", str(root), "--out", str(out)])
-    return root, out, teacher, first, second
+    budgets.main(["--results", f"fashion_long={out}", "--out", str(side)])
+    return root, out, teacher, first, second, side
 
 
 def test_rerunning_the_driver_skips_finished_runs(suite):
-    root, _, _, first, second = suite
+    root, _, _, first, second, _ = suite
     assert first == second
     assert sorted(str(path.relative_to(root)) for path in first) == sorted(
-        f"{name}/seed0/{file}" for name in ARMS_UNDER_TEST for file in (METRICS, RUN_INFO)
+        [f"{name}/seed0/{file}" for name in ARMS_UNDER_TEST for file in (METRICS, RUN_INFO)] + [TEACHER_EVAL]
     )
 
 
@@ -195,9 +270,11 @@ def test_runs_record_their_commit_command_and_teacher(suite):
         info = json.loads((run_dir(root, name, 0) / RUN_INFO).read_text())
         (attempt,) = info["attempts"]
         assert attempt["commit"] == head and attempt["completed"] and attempt["wall_seconds"] > 0
-        assert info["final_step"] == 1 and info["overrides"]["model.name"] == ARMS[name].overrides["model.name"]
+        assert info["final_step"] == 3 and info["overrides"]["model.name"] == ARMS[name].overrides["model.name"]
+        assert info["scale"] == "fashion_long" and [r["step"] for r in eval_records(run_dir(root, name, 0))] == [1, 2, 3]
         config = json.loads((run_dir(root, name, 0) / "config.json").read_text())
         assert config["distill"]["teacher"] == str(teacher) and config["data"]["randaugment"] == ""  # the scale's
+        assert config["num_epochs"] == SCALES["fashion_long"].shared["num_epochs"]
         assert f"--config.distill.teacher={teacher}" in info["command"] and "--config.seed=0" in info["command"]
 
 
@@ -206,8 +283,15 @@ def test_report_table_holds_the_runs_final_metrics_and_costs(suite):
     results = json.loads((out / "results.json").read_text())
     table = (out / "results.md").read_text()
     assert set(results["arms"]) == set(ARMS_UNDER_TEST) and results["teacher"] is None
+    finals = {name: eval_records(run_dir(root, name, 0))[-1] for name in ARMS_UNDER_TEST}
+    given = json.loads((root / TEACHER_EVAL).read_text())
+    assert results["teacher_eval"] == given and results["teacher_top1"] == given["top1"]
+    assert given["model"] == "resnet18" and given["examples"] == 16 and given["data"]["eval_split"] == "test"
+    best_student = max(final[metric] for final in finals.values() for metric in ("ema_top1", "top1"))
+    assert results["teacher_beats_students"] == (given["top1"] > best_student)
+    assert f"(resnet18), top-1 {100 * given['top1']:.2f} on the 16 images of fashion_mnist_debian `test`" in table
     for name in ARMS_UNDER_TEST:
-        (final,) = eval_records(run_dir(root, name, 0))
+        final = finals[name]
         arm = results["arms"][name]
         assert arm["ema_top1"] == {"mean": final["ema_top1"], "std": None, "n": 1}
         assert arm["top1"] == {"mean": final["top1"], "std": None, "n": 1}
@@ -230,6 +314,19 @@ def test_report_table_holds_the_runs_final_metrics_and_costs(suite):
     assert f"- `v2 − v1`: {100 * v2_v1:+.2f} pp (no spread with fewer than 2 seeds" in table
     for claim in CLAIMS:
         assert f"**{claim.statement}** ({claim.paper}): **{verdicts[claim.key]['verdict']}**" in table
+
+
+def test_side_by_side_reads_the_long_budgets_runs_next_to_the_committed_half_epoch(suite):
+    _, out, *_, side = suite
+    long = json.loads((out / "results.json").read_text())
+    (dfc,) = [claim for claim in long["claims"] if claim["key"] == "dfc"]
+    v2_v1 = dfc["comparisons"][0]
+    text = (side / "results.md").read_text()
+    committed = (REPO / budgets.OUT / "results.md").read_text().splitlines()
+    (half_epoch,) = [line.split(" | ")[1] for line in committed if line.startswith("| `v2 − v1` |")]
+    assert f"| `v2 − v1` | {half_epoch} | {100 * v2_v1['diff']:+.2f} pp (no spread; n = 1 vs 1) → inconclusive |" in text
+    assert "## `fashion_long`: 3 epochs at 36 px" in text and "2 finished runs of 2 arms (seeds per arm: 1)" in text
+    assert (side / "differences.png").stat().st_size > 5000
 
 
 def test_report_writes_both_figures(suite):

@@ -63,14 +63,19 @@ def load_teacher(config: ml_collections.ConfigDict, num_classes: int, channels: 
     if config.distill.alpha == 0:
         return None, None
     teacher, spec = load_model(config.distill.teacher, dtype=dtype)
+    check_teacher_fits(spec, config.distill.teacher, num_classes, channels)
+    return nnx.split(teacher)
+
+
+def check_teacher_fits(spec: dict[str, Any], directory: str, num_classes: int, channels: int) -> None:
+    """Raises unless the teacher saved with `spec` in `directory` takes this dataset's images and classes."""
     teacher_channels = spec["overrides"].get("in_chans", 3)  # from the spec: GhostNet and BEiT teachers alike
     if spec["num_classes"] != num_classes or teacher_channels != channels:
         raise ValueError(
-            f"teacher {config.distill.teacher} ({spec['name']}, {spec['num_classes']} classes, "
+            f"teacher {directory} ({spec['name']}, {spec['num_classes']} classes, "
             f"{teacher_channels} channels) does not fit this dataset ({num_classes} classes, "
             f"{channels} channels)"
         )
-    return nnx.split(teacher)
 
 
 class Evaluator:
@@ -129,6 +134,11 @@ def step_counts(config: ml_collections.ConfigDict, num_train: int) -> tuple[int,
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     return steps_per_epoch, total_steps
+
+
+def eval_interval(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """Steps between evaluations (the run also evaluates at its final step)."""
+    return max(int(round(config.eval_every_epochs * steps_per_epoch)), 1)
 
 
 def saved_config(workdir) -> dict | None:
@@ -196,7 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     batches = prefetch_to_device(
         train_batches(config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step)
     )
-    eval_every = max(int(round(config.eval_every_epochs * steps_per_epoch)), 1)
+    eval_every = eval_interval(config, steps_per_epoch)
     logger = MetricLogger(
         workdir, start_step=start_step, total_steps=total_steps, batch_size=config.batch_size, enabled=is_main
     )
