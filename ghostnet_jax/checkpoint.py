@@ -22,9 +22,13 @@ from ghostnet_jax.storage import storage_path
 MODEL_ITEM, SPEC_ITEM = "model", "spec"
 
 
-def model_spec(name: str, *, num_classes: int, overrides: dict[str, Any], fused: bool) -> dict[str, Any]:
-    """The JSON description from which `build_model` rebuilds a network."""
-    return {"name": name, "num_classes": num_classes, "overrides": dict(overrides), "fused": fused}
+def model_spec(
+    name: str, *, num_classes: int, overrides: dict[str, Any], fused: bool, data: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The JSON description from which `build_model` rebuilds a network; `data` records its eval transform and
+    class names (`ghostnet_jax.data.model_inputs`)."""
+    spec = {"name": name, "num_classes": num_classes, "overrides": dict(overrides), "fused": fused}
+    return spec | ({"data": data} if data is not None else {})
 
 
 def build_model(spec: dict[str, Any], *, dtype: str | None = None) -> GhostNet:

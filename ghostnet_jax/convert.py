@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from ghostnet_jax.checkpoint import model_spec, save_model
+from ghostnet_jax.data import model_inputs
 from ghostnet_jax.models import allowed_overrides, create_model, fuse
 from ghostnet_jax.models.registry import teacher_family
 from ghostnet_jax.models.ghostnet import GhostNet
@@ -160,7 +161,8 @@ def convert_state_dict(
         model = fuse(model)
     load_variables(model, arrays, torch_key, described)
     model.eval()
-    return model, model_spec(name, num_classes=num_classes, overrides=overrides, fused=deploy)
+    data = model_inputs.for_converted(num_classes)
+    return model, model_spec(name, num_classes=num_classes, overrides=overrides, fused=deploy, data=data)
 
 
 def load_variables(model: nnx.Module, arrays: Mapping[str, np.ndarray], key_of: Callable[[tuple], str], described: str) -> None:

@@ -1,8 +1,9 @@
 """Top-1/top-5 accuracy of a saved checkpoint (converted or trained) on a dataset's eval split.
 
 Read-only: the checkpoint is restored with `load_model`, which never writes, moves or renames anything. The eval
-transform is the pipeline's (`data.eval_batches`, timm's resize-shorter + centre crop), configured from the command
-line; the defaults are timm's pretrained cfg for the ImageNet GhostNets (crop_pct 0.875, bicubic, ImageNet mean/std).
+transform is the pipeline's (`data.eval_batches`, timm's resize-shorter + centre crop) with the settings the
+checkpoint records (a training run's data config; timm's pretrained cfg for converted GhostNets: 224 px, crop_pct
+0.875, bicubic, ImageNet mean/std), and so is the dataset; flags override them.
 
     python -m ghostnet_jax.evaluate --checkpoint DIR [--data imagenet2012 --data-dir DIR] [--dtype bfloat16]
 """
@@ -19,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from ghostnet_jax.checkpoint import load_model
-from ghostnet_jax.data import pipeline
+from ghostnet_jax.data import model_inputs, pipeline
 from ghostnet_jax.storage import storage_path
 from ghostnet_jax.training.steps import top_k_correct
 
@@ -43,8 +44,9 @@ def accuracy(model: nnx.Module, batches: Iterable[dict[str, np.ndarray]]) -> dic
     return {"top1": float(correct[0] / total), "top5": float(correct[1] / total), "examples": int(total)}
 
 
-def data_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
-    """The pipeline's data config with the command-line overrides applied."""
+def data_config(args: argparse.Namespace, spec: dict) -> ml_collections.ConfigDict:
+    """The pipeline's data config: the command-line settings, and the checkpoint's for those left unset."""
+    apply_checkpoint_inputs(args, spec)
     data = pipeline.default_data_config()
     data.name, data.eval_split, data.cache = args.data, args.split, False
     data.data_dir = args.data_dir
@@ -57,19 +59,32 @@ def data_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
 
 
 def add_transform_arguments(parser: argparse.ArgumentParser) -> None:
-    """The eval transform's flags, shared with `predict`; defaults are timm's for the ImageNet GhostNets."""
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--crop-pct", type=float, default=0.875)
-    parser.add_argument("--interpolation", default="bicubic", choices=("bilinear", "bicubic"))
-    parser.add_argument("--mean", type=float, nargs="+", default=None, help="0..1 units (default: ImageNet's)")
-    parser.add_argument("--std", type=float, nargs="+", default=None, help="0..1 units (default: ImageNet's)")
+    """The eval transform's flags, shared with `predict` and `export`; unset ones come from the checkpoint."""
+    parser.add_argument("--image-size", type=int, default=None, help="default: the checkpoint's")
+    parser.add_argument("--crop-pct", type=float, default=None, help="default: the checkpoint's")
+    parser.add_argument("--interpolation", default=None, choices=("bilinear", "bicubic"),
+                        help="default: the checkpoint's")
+    parser.add_argument("--mean", type=float, nargs="+", default=None, help="0..1 units (default: the checkpoint's)")
+    parser.add_argument("--std", type=float, nargs="+", default=None, help="0..1 units (default: the checkpoint's)")
+
+
+def apply_checkpoint_inputs(args: argparse.Namespace, spec: dict) -> dict:
+    """Fills the transform flags (and `--data` where the parser has it) left unset with what the checkpoint
+    records; returns that record (`model_inputs.of_spec`)."""
+    recorded = model_inputs.of_spec(spec)
+    for field in model_inputs.TRANSFORM_FIELDS:
+        if getattr(args, field) is None:
+            setattr(args, field, recorded[field])
+    if getattr(args, "data", "") is None:
+        args.data = recorded["dataset"]
+    return recorded
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (converter or training output)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    parser.add_argument("--data", default="imagenet2012", help="TFDS dataset name")
+    parser.add_argument("--data", default=None, help="TFDS dataset name (default: the checkpoint's)")
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir (default: TFDS's)")
     parser.add_argument("--split", default="validation", help="eval split, e.g. 'validation' or 'test[:1000]'")
     add_transform_arguments(parser)
@@ -84,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if not storage_path(args.checkpoint).is_dir():  # a local path or a URL such as gs://
         parser.error(f"--checkpoint {args.checkpoint!r} is not a directory")
     model, spec = load_model(args.checkpoint, step=args.step, dtype=args.dtype)
-    data = data_config(args)
+    data = data_config(args, spec)
     info = pipeline.dataset_info(data)
     if info.num_classes != spec["num_classes"]:
         raise ValueError(f"{data.name} has {info.num_classes} classes but the checkpoint's model {spec['num_classes']}")

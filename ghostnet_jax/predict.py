@@ -1,8 +1,9 @@
 """Top-5 classes with probabilities for image files, from a saved checkpoint.
 
-Images go through the eval transform (decode as PIL does, resize the shorter side, centre crop, normalise; defaults
-are timm's for the ImageNet GhostNets). Class names come from a TFDS dataset's label feature (`--labels NAME`, read
-from TFDS's offline metadata; for imagenet2012 these are WordNet ids); without it, class indices are printed.
+Images go through the eval transform the checkpoint records (decode as PIL does, resize the shorter side, centre
+crop, normalise; flags override it). Class names are the ones the checkpoint records (its dataset's; ImageNet's for
+converted 1000-class GhostNets, printed as WordNet lemmas), or a TFDS dataset's (`--labels NAME`, from TFDS's
+offline metadata); checkpoints that record none print class indices.
 
     python -m ghostnet_jax.predict --checkpoint DIR [--labels imagenet2012] IMAGE...
 """
@@ -15,12 +16,11 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 from flax import nnx
 
 from ghostnet_jax.checkpoint import load_model
-from ghostnet_jax.data import pipeline, transforms
-from ghostnet_jax.evaluate import add_transform_arguments
+from ghostnet_jax.data import model_inputs, transforms
+from ghostnet_jax.evaluate import add_transform_arguments, apply_checkpoint_inputs
 
 
 def load_image(path: str, *, channels: int, image_size: int, crop_pct: float, interpolation: str,
@@ -51,19 +51,23 @@ def main(argv: list[str] | None = None) -> list[list[tuple[str, float]]]:
     add_transform_arguments(parser)
     args = parser.parse_args(argv)
     model, spec = load_model(args.checkpoint)
+    recorded = apply_checkpoint_inputs(args, spec)
     channels = spec["overrides"].get("in_chans", 3)
-    mean, std = args.mean or pipeline.IMAGENET_MEAN, args.std or pipeline.IMAGENET_STD
+    mean, std = args.mean, args.std
     if channels == 1:
         mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
     images = np.stack([load_image(path, channels=channels, image_size=args.image_size, crop_pct=args.crop_pct,
                                   interpolation=args.interpolation, mean=mean, std=std) for path in args.images])
-    names = tfds.builder(args.labels).info.features["label"].names if args.labels else None
+    names = model_inputs.dataset_label_names(args.labels) if args.labels else recorded["labels"]
+    if args.labels and names is None:
+        raise ValueError(f"--labels {args.labels!r}: TFDS knows no dataset of that name with a 'label' feature")
     if names is not None and len(names) != spec["num_classes"]:
-        raise ValueError(f"{args.labels} has {len(names)} labels but the model {spec['num_classes']} classes")
+        source = args.labels or "the checkpoint's label list"
+        raise ValueError(f"{source} has {len(names)} labels but the model {spec['num_classes']} classes")
     indices, probabilities = top5(model, images, k=min(5, spec["num_classes"]))
     results = []
     for path, row, probs in zip(args.images, indices, probabilities):
-        results.append([(names[i] if names else str(i), float(p)) for i, p in zip(row, probs)])
+        results.append([(model_inputs.readable(names[i]) if names else str(i), float(p)) for i, p in zip(row, probs)])
         print(path + ": " + ", ".join(f"{name} {p:.3f}" for name, p in results[-1]))
     return results
 

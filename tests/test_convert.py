@@ -120,8 +120,15 @@ def test_cli_writes_an_orbax_checkpoint_that_restores_the_same_model(timm, tmp_p
     convert_main(["--model", "ghostnetv3_050", "--torch-checkpoint", str(tmp_path / "weights.pth.tar"),
                   "--output", str(tmp_path / "converted")])
     model, spec = load_model(tmp_path / "converted")
+    data = spec.pop("data")
     assert spec == {"name": "ghostnetv3_050", "num_classes": 1000, "overrides": {"dfc_upsample": "nearest"},
                     "fused": False}
+    # timm's pretrained cfg for the GhostNets, and ImageNet's 1000 WordNet ids in label order
+    pretrained = torch_model.pretrained_cfg
+    assert (data["image_size"], data["crop_pct"], data["interpolation"]) == (
+        pretrained["input_size"][1], pretrained["crop_pct"], pretrained["interpolation"])
+    np.testing.assert_allclose(data["mean"] + data["std"], [*pretrained["mean"], *pretrained["std"]])
+    assert len(data["labels"]) == 1000 and data["labels"][:2] == ["n01440764", "n01443537"]
     assert_matches(model, *reference_logits(torch_model, (96, 96)))
 
 

@@ -12,7 +12,8 @@ from PIL import Image
 
 from ghostnet_jax import evaluate, predict
 from ghostnet_jax.checkpoint import load_model, model_spec, save_model
-from ghostnet_jax.data import pipeline, transforms
+from configs import v3
+from ghostnet_jax.data import model_inputs, pipeline, transforms
 from ghostnet_jax.models import create_model
 
 OVERRIDES = {"width": 0.25, "in_chans": 1}
@@ -37,9 +38,9 @@ def test_evaluate_counts_top1_top5_and_leaves_checkpoint_alone(checkpoint, data_
     result = evaluate.main(argv)
     assert _snapshot(checkpoint) == before
 
-    model, _ = load_model(checkpoint)
+    model, spec = load_model(checkpoint)
     forward = nnx.jit(lambda model, image: model(image))
-    data = evaluate.data_config(evaluate.build_parser().parse_args(argv))
+    data = evaluate.data_config(evaluate.build_parser().parse_args(argv), spec)
     logits, labels = [], []
     for batch in pipeline.eval_batches(data, global_batch_size=16):
         keep = batch["mask"].reshape(-1) > 0
@@ -94,3 +95,38 @@ def test_predict_names_a_bad_image(checkpoint, tmp_path):
         predict.main(["--checkpoint", checkpoint, str(bad)])
     with pytest.raises(ValueError, match="missing.png"):
         predict.main(["--checkpoint", checkpoint, str(tmp_path / "missing.png")])
+
+
+def test_imagenet_class_names_are_tfds_label_order_with_wordnet_lemmas():
+    import tensorflow_datasets as tfds
+    from timm.data import ImageNetInfo
+
+    lemmas = model_inputs.imagenet_lemmas()
+    assert list(lemmas) == tfds.builder("imagenet2012").info.features["label"].names
+    info = ImageNetInfo()
+    assert [lemmas[info.index_to_label_name(i)] for i in range(1000)] == [info.index_to_description(i)
+                                                                          for i in range(1000)]
+    assert model_inputs.readable("n01440764") == "tench" and model_inputs.readable("Trouser") == "Trouser"
+
+
+def test_predict_and_evaluate_use_the_transform_and_names_the_checkpoint_records(data_dir, tmp_path):
+    data = v3.get_config("fashion_mnist").data
+    data.update(data_dir=data_dir, image_size=36)
+    spec = model_spec("ghostnet_100", num_classes=10, overrides=OVERRIDES, fused=False,
+                      data=model_inputs.from_data_config(data))
+    model = create_model("ghostnet_100", num_classes=10, **OVERRIDES)
+    directory = str(save_model(tmp_path / "run", model, spec))
+    path = str(tmp_path / "boot.png")
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 44), np.uint8)).save(path)
+
+    results = predict.main(["--checkpoint", directory, path])
+    mean, std = (float(np.mean(data.mean)),), (float(np.mean(data.std)),)
+    image = predict.load_image(path, channels=1, image_size=36, crop_pct=1.0, interpolation="bicubic",
+                               mean=mean, std=std)
+    model, _ = load_model(directory)
+    logits = np.asarray(nnx.jit(lambda m, x: m(x))(model, image[None]))[0]
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    assert [name for name, _ in results[0]] == [names[i] for i in np.argsort(-logits, kind="stable")[:5]]
+
+    data = evaluate.data_config(evaluate.build_parser().parse_args(["--checkpoint", directory]), spec)
+    assert (data.name, data.image_size, data.eval_crop_pct) == ("fashion_mnist_debian", 36, 1.0)

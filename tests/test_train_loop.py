@@ -115,6 +115,10 @@ def test_the_offline_resnet_teacher_preset_trains_and_its_run_loads_as_a_teacher
 
     student = tiny_config(data_dir)
     student.distill.update(alpha=0.5, teacher=str(tmp_path / "teacher" / "checkpoints"))
+    _, spec = load_model(tmp_path / "teacher" / "checkpoints")
+    assert spec["data"] | {"labels": spec["data"]["labels"][:2]} == {
+        "dataset": "fashion_mnist_debian", "labels": ["T-shirt/top", "Trouser"], "image_size": 36, "crop_pct": 1.0,
+        "interpolation": "bicubic", "mean": list(config.data.mean), "std": list(config.data.std)}
     graphdef, variables = load_teacher(student, num_classes=10, channels=1, dtype="float32")
     teacher = nnx.merge(graphdef, variables)
     assert isinstance(teacher, ResNet) and teacher.conv1.kernel.value.shape == (7, 7, 1, 64)

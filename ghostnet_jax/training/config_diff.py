@@ -30,7 +30,7 @@ def spec_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     saved, current = _as_json(saved), _as_json(current)
     differences = []
     for key in sorted(set(saved) | set(current)):
-        if key == "overrides":
+        if key in ("overrides", "data"):  # not the architecture ("data": eval transform and class names)
             continue
         if saved.get(key) != current.get(key):
             differences.append(f"{_SPEC_FIELDS.get(key, key)}: {saved.get(key)!r} in the checkpoint, "

@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 from ghostnet_jax.checkpoint import load_model, model_spec, model_variables
+from ghostnet_jax.data import model_inputs
 from ghostnet_jax.data.pipeline import dataset_info, eval_batches, prefetch_to_device, train_batches
 from ghostnet_jax.models import allowed_overrides, create_model, fuse
 from ghostnet_jax.storage import storage_path
@@ -166,7 +167,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if config.cross_device_bn:
         model.set_attributes(axis_name=AXIS, raise_if_not_found=False)
     graphdef, params, batch_stats, rest = split_model(model)
-    spec = model_spec(config.model.name, num_classes=info.num_classes, overrides=overrides, fused=False)
+    spec = model_spec(config.model.name, num_classes=info.num_classes, overrides=overrides, fused=False,
+                      data=model_inputs.from_data_config(config.data))
 
     steps_per_epoch, total_steps = step_counts(config, info.num_train)
     schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.num_epochs)
