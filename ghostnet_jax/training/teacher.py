@@ -8,7 +8,7 @@ The official GhostNetV3 trainer feeds the teacher the student's augmented batch,
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import ml_collections
@@ -63,16 +63,18 @@ class TeacherView:
         return images
 
 
-def teacher_view(config: ml_collections.ConfigDict, channels: int) -> TeacherView:
-    """The `TeacherView` the config asks for: distill.teacher_size, and distill.teacher_mean/std (0..1 units; None
-    means the student's data.mean/std), averaged to one value for a greyscale dataset as the student's are."""
-    if not config.distill.teacher_mean:
+def teacher_view(config: ml_collections.ConfigDict, channels: int, spec: dict[str, Any] | None = None) -> TeacherView:
+    """The `TeacherView` the config asks for: distill.teacher_size, and the teacher's mean/std (0..1 units) from
+    distill.teacher_mean/std, else from the teacher checkpoint's `spec` (the converter's --mean/--std), else the
+    student's data.mean/std; averaged to one value for a greyscale dataset as the student's are."""
+    if config.distill.teacher_mean:
+        constants, field = (config.distill.teacher_mean, config.distill.teacher_std), "distill.teacher_mean/std"
+    elif spec and "mean" in spec:
+        constants, field = (spec["mean"], spec["std"]), "distill.teacher (its checkpoint's mean/std)"
+    else:
         return TeacherView(config.distill.teacher_size)
     student = channel_stats(config.data.mean, config.data.std, channels, field="data.mean/std")
-    teacher = channel_stats(
-        config.distill.teacher_mean, config.distill.teacher_std, channels, field="distill.teacher_mean/std"
-    )
-    return TeacherView.between(config.distill.teacher_size, student, teacher)
+    return TeacherView.between(config.distill.teacher_size, student, channel_stats(*constants, channels, field=field))
 
 
 def load_teacher(
@@ -90,7 +92,7 @@ def load_teacher(
             f"{teacher_channels} channels) does not fit this dataset ({num_classes} classes, "
             f"{channels} channels)"
         )
-    view = teacher_view(config, channels)
+    view = teacher_view(config, channels, spec)
     fixed_size = getattr(teacher, "img_size", None)  # a ViT's position tables fix its input size
     seen = view.output_size(config.data.image_size, config.data.image_size)
     if fixed_size is not None and seen != (fixed_size, fixed_size):
