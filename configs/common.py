@@ -61,7 +61,20 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.1))
     # L = (1 - alpha) * CE + alpha * tau^2 * KL(teacher_tau || student_tau); alpha = 0 loads no teacher.
-    c.distill = ml_collections.ConfigDict(dict(alpha=0.5, temperature=1.0, teacher="", weighting="convex"))
+    # What the teacher sees: the student's augmented batch, its shorter side resized to teacher_size px (the official
+    # --teacher-resize; None keeps the student's size) and re-normalised with teacher_mean/std (0..1 units, like
+    # data.mean/std; None: the teacher was trained with the student's).
+    c.distill = ml_collections.ConfigDict(
+        dict(
+            alpha=0.5,
+            temperature=1.0,
+            teacher="",
+            weighting="convex",
+            teacher_size=ml_collections.FieldReference(None, field_type=int),
+            teacher_mean=ml_collections.FieldReference(None, field_type=tuple),
+            teacher_std=ml_collections.FieldReference(None, field_type=tuple),
+        )
+    )
     c.ema = ml_collections.ConfigDict(dict(decay=0.9999, warmup=True))
     c.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.0, cutmix_alpha=0.0, prob=1.0, switch_prob=0.5))
     c.cross_device_bn = True  # BatchNorm statistics over the global batch

@@ -1,6 +1,8 @@
-"""ghostnet_jax against timm 1.0.31, side by side in one run: train step, inference, latency, input pipeline.
+"""ghostnet_jax against timm 1.0.31, side by side in one run: train step, inference, latency, input pipeline;
+and what a distillation teacher adds to our train step.
 
     python -m experiments.benchmark                       # everything, CPU, prints a markdown table
+    python -m experiments.benchmark --suites teacher --models ghostnetv3_100 --dtypes bfloat16 --device gpu
     python -m experiments.benchmark --suites train,infer --models ghostnet_100 --out experiments/results/cpu
     python -m experiments.benchmark --device gpu --dtype bfloat16 --suites train,infer   # see gpu_benchmark.sh
 
@@ -32,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 TRAIN_MODELS = ("ghostnet_100", "ghostnetv2_100", "ghostnetv3_100")
+TEACHERS = ("resnet50", "beitv2_base_patch16_224", "beitv2_large_patch16_224")  # the `teacher` suite's defaults
 OFFLINE_SIZE = 40  # the fashion_mnist preset's input size (one channel there; three here, like timm's models)
 NUM_CLASSES = 1000
 
@@ -92,33 +95,54 @@ def activation_lower_bound(name: str, size: int, batch: int, dtype: str) -> floa
     return (2 * outputs + 5 * 4 * params) / batch
 
 
-def build_ours_train(
-    name: str, size: int, batch: int, dtype: str, impl: str, remat: str = "none"
-) -> tuple[Callable, Callable]:
-    """A jitted SGD (Nesterov) step: train-mode forward, cross-entropy, backward, update; state donated.
+def ours_teacher(name: str, size: int, dtype: str):
+    """A distillation teacher of the zoo with random weights, in eval mode and the compute dtype: (graphdef, variables).
 
-    The model computes in `dtype` over float32 parameters (the `dtype` override, what training uses). Returns a
-    function that runs one step on a fixed batch (compiling on the first call), and one that gives the compiled
-    program (for its HLO text and XLA's cost analysis).
+    A ViT's position tables are built for `size` (timm would interpolate them); the cost is the same."""
+    from flax import nnx
+
+    from ghostnet_jax.models import allowed_overrides, create_model
+
+    overrides = {"img_size": size} if "img_size" in allowed_overrides(name) else {}
+    teacher = create_model(name, num_classes=NUM_CLASSES, dtype=dtype, **overrides)
+    teacher.eval()
+    return nnx.split(teacher)
+
+
+def build_ours_train(
+    name: str, size: int, batch: int, dtype: str, impl: str, remat: str = "none", teacher: str | None = None
+) -> tuple[Callable, Callable]:
+    """A jitted SGD (Nesterov) step: train-mode forward, loss, backward, update; state donated.
+
+    The model computes in `dtype` over float32 parameters (the `dtype` override, what training uses). With a
+    `teacher` (a zoo name), the step is a distillation step as in training: the teacher's forward in eval mode under
+    stop_gradient, outside the differentiated function, and the loss (1-alpha)*CE + alpha*KD at alpha 0.5; without,
+    the loss is the CE alone (the same function). Returns a function that runs one step on a fixed batch (compiling
+    on the first call), and one that gives the compiled program (for its HLO text and XLA's cost analysis).
     """
     import jax
     import jax.numpy as jnp
     import optax
     from flax import nnx
 
-    from ghostnet_jax.training.losses import cross_entropy
+    from ghostnet_jax.training.losses import distillation_loss
     from ghostnet_jax.training.state import split_model
 
     graphdef, params, batch_stats, rest = split_model(ours_model(name, impl, dtype, remat))
+    teacher_graphdef, teacher_variables = ours_teacher(teacher, size, dtype) if teacher else (None, None)
     tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
 
-    def step(carry, images, labels):
+    def step(carry, teacher_variables, images, labels):
         params, batch_stats, opt_state = carry
+        teacher_logits = None
+        if teacher_graphdef is not None:
+            teacher_logits = jax.lax.stop_gradient(nnx.merge(teacher_graphdef, teacher_variables)(images))
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params, batch_stats, rest, copy=True)
-            logits = model(images)
-            return cross_entropy(logits, jax.nn.one_hot(labels, NUM_CLASSES)).mean(), nnx.state(model, nnx.BatchStat)
+            targets = jax.nn.one_hot(labels, NUM_CLASSES)
+            loss, _ = distillation_loss(model(images), targets, teacher_logits, alpha=0.5, temperature=1.0)
+            return loss, nnx.state(model, nnx.BatchStat)
 
         (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -129,14 +153,15 @@ def build_ours_train(
     carry = [(params, batch_stats, tx.init(params))]
 
     def run():
-        carry[0] = jax.block_until_ready(step(carry[0], images, labels))
+        carry[0] = jax.block_until_ready(step(carry[0], teacher_variables, images, labels))
 
-    return run, lambda: step.lower(carry[0], images, labels).compile()
+    return run, lambda: step.lower(carry[0], teacher_variables, images, labels).compile()
 
 
-def ours_train(name: str, size: int, batch: int, dtype: str, impl: str, remat: str, warmup: int, repeats: int) -> dict:
+def ours_train(name: str, size: int, batch: int, dtype: str, impl: str, remat: str, warmup: int, repeats: int,
+               teacher: str | None = None) -> dict:
     """Timings, plus XLA's cost analysis of the compiled step per image (flops, bytes accessed) and the floor."""
-    run, compiled = build_ours_train(name, size, batch, dtype, impl, remat)
+    run, compiled = build_ours_train(name, size, batch, dtype, impl, remat, teacher)
     result = timed(run, warmup, repeats)
     cost = compiled().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -354,6 +379,9 @@ def measure(job: dict) -> dict:
     if kind == "train":
         fn = functools.partial(ours_train, remat=job["remat"]) if side == "ours" else timm_train
         result = fn(job["model"], job["size"], job["batch"], job["dtype"], **common)
+    elif kind == "teacher":  # ours only: what the teacher adds to our own step
+        result = ours_train(job["model"], job["size"], job["batch"], job["dtype"], remat="none",
+                            teacher=job["teacher"], **common)
     elif kind in ("infer", "latency"):
         fn = ours_infer if side == "ours" else timm_infer
         result = fn(job["model"], job["fused"], job["size"], job["batch"], job["dtype"], **common)
@@ -409,6 +437,15 @@ def jobs(args: argparse.Namespace) -> list[dict]:
         measured.append(dict(setting, side="ours"))
         if setting.get("timm_label", setting["label"]) == setting["label"]:
             measured.append(dict(setting, side="timm"))
+    if "teacher" in args.suites:
+        for model in args.models:
+            for dtype in args.dtypes:
+                student = f"teacher {model} {args.teacher_image_size}px b{args.batch} {dtype}"
+                for teacher in (None, *args.teachers):
+                    measured.append(dict(base, kind="teacher", side="ours", model=model, teacher=teacher,
+                                         size=args.teacher_image_size, batch=args.batch, dtype=dtype,
+                                         label=f"{student} + {teacher}" if teacher else f"{student} alone",
+                                         alone=f"{student} alone"))
     return measured
 
 
@@ -431,6 +468,35 @@ def throughput(job: dict, result: dict) -> tuple[float, float, float]:
         return tuple(1000 * result[k] for k in ("median_s", "max_s", "min_s"))
     images = result.get("images", job["batch"]) / (job["workers"] if job["kind"] == "pipeline" else 1)
     return tuple(images / result[k] for k in ("median_s", "max_s", "min_s"))
+
+
+def teacher_table(rows: list[dict], alone: dict[str, str]) -> str:
+    """The `teacher` suite: the student's train step alone and with each teacher, per image.
+
+    `alone` maps each row's label to its student-alone row's; "added" is the teacher's share of the step time.
+    """
+    lines = [
+        "| measurement | img/s | ms/img | added ms/img (x alone) | first call | peak memory | GFLOP/img |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    by_label = {row["label"]: row for row in rows}
+    for row in rows:
+        ours = row.get("ours", {"error": "not measured"})
+        if "error" in ours:
+            lines.append(f"| {row['label']} | {ours['error']} | | | | | |")
+            continue
+        per_image = 1000 / row["ours_value"][0]
+        base = by_label.get(alone[row["label"]], {})
+        if "ours_value" in base and base is not row:
+            alone_ms = 1000 / base["ours_value"][0]
+            added = f"{per_image - alone_ms:.2f} ({per_image / alone_ms:.2f}x)"
+        else:
+            added = "-"
+        lines.append(
+            f"| {row['label']} | {row['ours_value'][0]:.1f} | {per_image:.2f} | {added} | {ours['first_s']:.1f} s | "
+            f"{ours['peak_bytes'] / 2**20:.0f} MiB | {ours['flops_per_image'] / 1e9:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -464,10 +530,14 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--suites", default="train,infer,latency,pipeline", type=lambda s: s.split(","))
+    parser.add_argument("--suites", default="train,infer,latency,pipeline", type=lambda s: s.split(","),
+                        help="any of train,infer,latency,pipeline,teacher")
     parser.add_argument("--models", default=",".join(TRAIN_MODELS), type=lambda s: s.split(","))
     parser.add_argument("--train-sizes", default=f"224,{OFFLINE_SIZE}", type=lambda s: [int(v) for v in s.split(",")])
     parser.add_argument("--infer-size", type=int, default=224)
+    parser.add_argument("--teachers", default=",".join(TEACHERS), type=lambda s: s.split(","),
+                        help="teacher suite: zoo names, random weights, eval mode, the compute dtype")
+    parser.add_argument("--teacher-image-size", type=int, default=224, help="teacher suite: student and teacher input")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
@@ -511,7 +581,11 @@ def report(args: argparse.Namespace, rows: dict[str, dict]) -> str:
         f"{args.repeats} (worst..best); ratio > 1 means ghostnet_jax is faster.\n"
         f"Command: python -m experiments.benchmark {' '.join(sys.argv[1:])}\n"
     )
-    markdown = header + "\n" + table(list(rows.values()))
+    teacher_rows = [row for row in rows.values() if row["kind"] == "teacher"]
+    other_rows = [row for row in rows.values() if row["kind"] != "teacher"]
+    alone = {job["label"]: job["alone"] for job in jobs(args) if job["kind"] == "teacher"}
+    tables = ([table(other_rows)] if other_rows else []) + ([teacher_table(teacher_rows, alone)] if teacher_rows else [])
+    markdown = header + "\n" + "\n\n".join(tables)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".md").write_text(markdown + "\n")

@@ -18,7 +18,8 @@ from ghostnet_jax.checkpoint import load_model
 from ghostnet_jax.data.pipeline import dataset_info, eval_batches
 from ghostnet_jax.evaluate import accuracy
 from ghostnet_jax.storage import storage_path
-from ghostnet_jax.training.loop import check_teacher_fits, resolve_dtype
+from ghostnet_jax.training.loop import resolve_dtype
+from ghostnet_jax.training.teacher import check_teacher_fits
 
 
 def check_teacher_directory(teacher: str) -> None:

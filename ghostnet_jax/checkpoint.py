@@ -1,8 +1,9 @@
 """Model checkpoints shared by the converter and training: an Orbax `CheckpointManager` directory.
 
 Every step directory holds the item `model` (parameters and BatchNorm statistics, as a nested dict) and
-the item `spec` (JSON: registry name, num_classes, overrides, whether the model is fused), which is
-enough to rebuild the network without any other configuration, e.g. to load a distillation teacher.
+the item `spec` (JSON: registry name, num_classes, overrides, whether the model is fused, and optionally the
+`mean`/`std` its inputs were normalised with), which is enough to rebuild the network without any other
+configuration, e.g. to load a distillation teacher.
 """
 
 from __future__ import annotations

@@ -236,12 +236,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", required=True, help="new directory for the Orbax checkpoint")
     parser.add_argument("--override", action="append", type=_parse_override, default=[], help="KEY=VALUE model override")
     parser.add_argument("--no-ema", action="store_true", help="use `state_dict` even if `state_dict_ema` exists")
+    parser.add_argument("--mean", type=float, nargs="+", help="the normalisation the weights were trained with (0..1 "
+                        "units), kept in the spec: a distillation teacher's batch is re-normalised to it")
+    parser.add_argument("--std", type=float, nargs="+", help="with --mean")
     args = parser.parse_args(argv)
+    if (args.mean is None) != (args.std is None) or (args.mean and len(args.mean) != len(args.std)):
+        parser.error("--mean and --std go together, with as many values each")
+    if args.std and min(args.std) <= 0:
+        parser.error(f"--std must be positive, got {args.std}")
     output = storage_path(args.output)
     if output.exists() and any(output.iterdir()):
         parser.error(f"--output {output} already exists and is not empty")
     checkpoint = load_checkpoint_file(args.torch_checkpoint)
     model, spec = convert_state_dict(args.model, checkpoint, use_ema=not args.no_ema, **dict(args.override))
+    if args.mean:
+        spec["data"] = model_inputs.of_spec(spec) | {"mean": args.mean, "std": args.std}
     save_model(output, model, spec)
     print(f"wrote {spec} to {output}")
 

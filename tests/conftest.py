@@ -27,6 +27,11 @@ from ghostnet_jax.training.compilation_cache import default_directory, use_compi
 use_compilation_cache(default_directory())
 
 
+def to_nhwc(x: np.ndarray) -> jax.Array:
+    """A PyTorch-layout (NCHW) array as this project's NHWC."""
+    return jnp.asarray(x.transpose(0, 2, 3, 1))
+
+
 def randomise_torch_batchnorm(model, seed: int = 0) -> None:
     """Gives every BatchNorm non-trivial affine parameters and running statistics, so that mistakes show."""
     import torch

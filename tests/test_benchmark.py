@@ -4,6 +4,9 @@ import json
 import re
 import sys
 
+import jax
+from flax import nnx
+
 from experiments import benchmark
 
 
@@ -56,3 +59,27 @@ def test_profile_attributes_traced_time_to_the_compiled_instructions(tmp_path):
     assert traced and all(ps > 0 for ps in traced.values())
     categories = {summaries[name].category for name in traced}
     assert "reduce" in categories and categories <= {"reduce", "dot", "convolution", "elementwise", "copy", "tuple"}
+
+
+def test_teacher_suite_times_the_student_alone_and_with_each_teacher(tmp_path, monkeypatch):
+    out = tmp_path / "teacher"
+    argv = ["benchmark", "--suites", "teacher", "--models", "ghostnet_050", "--teachers", "resnet18",
+            "--teacher-image-size", "32", "--batch", "2", "--repeats", "2", "--warmup", "0", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    benchmark.main()
+    rows = {row["label"]: row for row in json.loads(out.with_suffix(".json").read_text())}
+    alone, taught = "teacher ghostnet_050 32px b2 float32 alone", "teacher ghostnet_050 32px b2 float32 + resnet18"
+    assert set(rows) == {alone, taught} and all("error" not in row["ours"] and "timm" not in row for row in rows.values())
+    # The teacher's forward, and nothing more of it, is in the compiled step: it adds what XLA counts for that
+    # forward compiled alone (the KD loss's softmax is ~1e4 flops per image).
+    graphdef, variables = benchmark.ours_teacher("resnet18", 32, "float32")
+    images = jax.ShapeDtypeStruct((2, 32, 32, 3), jax.numpy.float32)
+    forward = jax.jit(lambda variables, x: nnx.merge(graphdef, variables)(x)).lower(variables, images).compile()
+    cost = forward.cost_analysis()
+    teacher_flops = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"] / 2
+    added_flops = rows[taught]["ours"]["flops_per_image"] - rows[alone]["ours"]["flops_per_image"]
+    assert abs(added_flops - teacher_flops) < 0.01 * teacher_flops, (added_flops, teacher_flops)
+    ms = {label: 1000 * row["ours"]["median_s"] / 2 for label, row in rows.items()}  # per image, batch 2
+    line = next(line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith(f"| {taught} |"))
+    added = ms[taught] - ms[alone]
+    assert f"| {ms[taught]:.2f} | {added:.2f} ({ms[taught] / ms[alone]:.2f}x) |" in line, line

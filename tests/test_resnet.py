@@ -107,7 +107,8 @@ def test_a_converted_resnet_teaches_a_ghostnet_through_main(timm, data_dir, tmp_
     teacher, spec = convert_state_dict("resnet18", reference.state_dict(), in_chans=1)
     save_model(tmp_path / "teacher", teacher, spec)
     config = tiny_config(data_dir, max_steps=2)
-    config.distill.update(alpha=0.5, teacher=str(tmp_path / "teacher"))
+    # The teacher's own view through the command line: resized (36 -> 48 px) and re-normalised.
+    config.distill.update(alpha=0.5, teacher=str(tmp_path / "teacher"), teacher_size=48, teacher_mean=(0.5,), teacher_std=(0.5,))
     command = [sys.executable, "-m", "ghostnet_jax.main", "--config", "configs/v1.py:fashion_mnist",
                "--workdir", str(tmp_path / "student"), *cli_flags(config)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -16,7 +16,8 @@ from configs import resnet, v1
 from ghostnet_jax.checkpoint import load_model, model_spec, save_model
 from ghostnet_jax.models import create_model
 from ghostnet_jax.models.resnet import ResNet
-from ghostnet_jax.training.loop import NonFiniteLossError, load_teacher, train_and_evaluate
+from ghostnet_jax.training.loop import NonFiniteLossError, train_and_evaluate
+from ghostnet_jax.training.teacher import load_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,7 +120,7 @@ def test_the_offline_resnet_teacher_preset_trains_and_its_run_loads_as_a_teacher
     assert spec["data"] | {"labels": spec["data"]["labels"][:2]} == {
         "dataset": "fashion_mnist_debian", "labels": ["T-shirt/top", "Trouser"], "image_size": 36, "crop_pct": 1.0,
         "interpolation": "bicubic", "mean": list(config.data.mean), "std": list(config.data.std)}
-    graphdef, variables = load_teacher(student, num_classes=10, channels=1, dtype="float32")
+    graphdef, variables, _ = load_teacher(student, num_classes=10, channels=1, dtype="float32")
     teacher = nnx.merge(graphdef, variables)
     assert isinstance(teacher, ResNet) and teacher.conv1.kernel.value.shape == (7, 7, 1, 64)
 

@@ -135,7 +135,7 @@ def eval_batches(data: ml_collections.ConfigDict, *, global_batch_size: int) -> 
     info = dataset_info(data)
     builder = _builder(data)
     split = _host_split(data.eval_split, drop_remainder=False)
-    mean, std = _channel_stats(data, info.channels)
+    mean, std = channel_stats(data.mean, data.std, info.channels)
     interpolation = "bicubic" if data.interpolation == "random" else data.interpolation
 
     def transform(ex: dict) -> dict:
@@ -260,19 +260,22 @@ def _shuffled_epochs(builder: tfds.core.DatasetBuilder, data: ml_collections.Con
 # Transforms and layout.
 
 
-def _channel_stats(data: ml_collections.ConfigDict, channels: int) -> tuple[Sequence[float], Sequence[float]]:
-    """mean/std per channel; 3-channel statistics are averaged for a greyscale dataset."""
-    mean, std = tuple(data.mean), tuple(data.std)
-    if channels == 1 and len(mean) == 3:
+def channel_stats(
+    mean: Sequence[float], std: Sequence[float], channels: int, *, field: str = "data.mean/std"
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """mean/std per channel; 3-channel statistics are averaged for a greyscale dataset. `field` names the config
+    fields in the error."""
+    mean, std = tuple(mean), tuple(std)
+    if channels == 1 and len(mean) == 3 and len(std) == 3:
         mean, std = (sum(mean) / 3,), (sum(std) / 3,)
     if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"mean/std have {len(mean)}/{len(std)} values for a {channels}-channel dataset")
+        raise ValueError(f"config.{field} have {len(mean)}/{len(std)} values for a {channels}-channel dataset")
     return mean, std
 
 
 def train_transform(data: ml_collections.ConfigDict, channels: int):
     """timm's train transform: RandomResizedCrop (fused with JPEG decoding), flip, RandAugment, normalise, erasing."""
-    mean, std = _channel_stats(data, channels)
+    mean, std = channel_stats(data.mean, data.std, channels)
     rand_augment = augment.parse_rand_augment(data.randaugment) if data.randaugment else None
     fill = augment.fill_colour(mean)
     size = [data.image_size, data.image_size]

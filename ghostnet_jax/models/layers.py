@@ -2,21 +2,28 @@
 
 Layout is NHWC for activations and HWIO for conv kernels. Padding, initialisation and BatchNorm follow
 PyTorch so that converted reference weights give the same numbers and training from scratch starts from
-the same distribution as the reference code.
+the same distribution as the reference code. The array kernels they call (fast depthwise convolution,
+pooling, resampling) live in `kernels.py`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-DFC_UPSAMPLE_MODES = ("bilinear", "nearest")
+from ghostnet_jax.models.kernels import (
+    SMALL_OUTPUT_AREA,
+    UPSAMPLE_METHODS,
+    avg_pool_2x2,
+    conv_as_matmul,
+    depthwise_conv_shift_add,
+    upsample,
+)
+
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
@@ -76,98 +83,6 @@ def torch_uniform_init(fan_in: int) -> nnx.Initializer:
 
 
 CONV_IMPLS = ("auto", "xla")
-
-
-def _tap(padded: jax.Array, i: int, j: int, stride: int, out_h: int, out_w: int) -> jax.Array:
-    """padded[:, i::stride, j::stride], cut to out_h x out_w: the input that kernel tap (i, j) multiplies."""
-    n, _, _, c = padded.shape
-    limit = (n, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, c)
-    return jax.lax.slice(padded, (0, i, j, 0), limit, (1, stride, stride, 1))
-
-
-def _pad(x: jax.Array, padding) -> jax.Array:
-    """x zero-padded spatially by ((top, bottom), (left, right))."""
-    return jnp.pad(x, ((0, 0), *padding, (0, 0)))
-
-
-def _shift_add(padded: jax.Array, kernel: jax.Array, stride: int, out_h: int, out_w: int) -> jax.Array:
-    """sum over taps (i, j) of _tap(i, j) * kernel[i, j, 0], accumulated in float32 (as convolutions do)."""
-    kh, kw = kernel.shape[:2]
-    padded, taps = padded.astype(jnp.float32), kernel.astype(jnp.float32)
-    terms = (_tap(padded, i, j, stride, out_h, out_w) * taps[i, j, 0] for i in range(kh) for j in range(kw))
-    return functools.reduce(jnp.add, terms).astype(kernel.dtype)
-
-
-# Measured on this CPU (fwd + bwd, batch 128): XLA's dense conv takes 4.6 s for a 3x3 512->512 conv with a
-# 2x2 output (ResNet stage 4 at 40 px) and 0.7 s for a strided one with a 2x2 output, where the same maths
-# as one matrix product takes 0.04 s and 0.02 s; at a 3x3 output the two tie, from 5x5 XLA is faster.
-SMALL_OUTPUT_AREA = 9
-
-
-def conv_as_matmul(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
-    """Dense conv as one matrix product over gathered patches (im2col): the kh*kw shifted, strided taps
-    concatenated on the channel axis, times the HWIO kernel flattened to (kh*kw*in, out)."""
-    kh, kw, in_features, out_features = kernel.shape
-    (top, bottom), (left, right) = padding
-    out_h = (x.shape[1] + top + bottom - kh) // stride + 1
-    out_w = (x.shape[2] + left + right - kw) // stride + 1
-    padded = _pad(x, padding)
-    patches = jnp.concatenate(
-        [_tap(padded, i, j, stride, out_h, out_w) for i in range(kh) for j in range(kw)], axis=-1
-    )
-    return jnp.einsum("nhwk,ko->nhwo", patches, kernel.reshape(kh * kw * in_features, out_features))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def depthwise_conv_shift_add(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
-    """Depthwise conv as a sum of kh*kw shifted, strided slices times per-channel taps.
-
-    The same maths as a grouped convolution; on CPU, XLA runs it faster than its grouped-convolution kernel
-    because the slices and multiply-adds fuse into one loop. The input gradient is written the same way (a
-    shift-add of the stride-dilated output gradient with the flipped kernel), not left to autodiff, whose
-    transpose of every slice is a padded copy of the whole input: kh*kw image-sized passes instead of one.
-    """
-    return _depthwise_forward(x, kernel, stride, padding)[0]
-
-
-def _depthwise_forward(x, kernel, stride, padding):
-    (top, bottom), (left, right) = padding
-    _, h, w, _ = x.shape
-    kh, kw = kernel.shape[:2]
-    out_h, out_w = (h + top + bottom - kh) // stride + 1, (w + left + right - kw) // stride + 1
-    padded = _pad(x, padding)
-    return _shift_add(padded, kernel, stride, out_h, out_w), (x, kernel)
-
-
-def _depthwise_backward(stride, padding, residuals, grad):
-    x, kernel = residuals
-    (top, _), (left, _) = padding
-    _, h, w, _ = x.shape
-    kh, kw = kernel.shape[:2]
-    out_h, out_w = grad.shape[1:3]
-    # Input row a receives grad row p through tap i = a + top - stride * p. Dilating grad by the stride and
-    # padding it so that row a's window starts at a + top - (kh - 1) turns that into a stride-1 shift-add
-    # with the flipped kernel; negative padding crops what falls outside the input.
-    dilated_h, dilated_w = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
-    spread = jax.lax.pad(grad, jnp.zeros((), grad.dtype), (
-        (0, 0, 0),
-        (kh - 1 - top, h + top - dilated_h, stride - 1),
-        (kw - 1 - left, w + left - dilated_w, stride - 1),
-        (0, 0, 0),
-    ))
-    grad_x = _shift_add(spread, kernel[::-1, ::-1], 1, h, w)
-    padded = _pad(x, padding)
-    # One variadic reduction for all taps: XLA reads the input and gradient once, where a sum per tap
-    # materialises every shifted input.
-    # Accumulated in float32: a bfloat16 sum over N*H*W terms would lose the gradient.
-    padded, grad32 = padded.astype(jnp.float32), grad.astype(jnp.float32)
-    products = [_tap(padded, i, j, stride, out_h, out_w) * grad32 for i in range(kh) for j in range(kw)]
-    zeros = [jnp.zeros((), jnp.float32)] * len(products)
-    sums = jax.lax.reduce(products, zeros, lambda a, b: [u + v for u, v in zip(a, b)], (0, 1, 2))
-    return grad_x, jnp.stack(sums).reshape(kernel.shape).astype(kernel.dtype)
-
-
-depthwise_conv_shift_add.defvjp(_depthwise_forward, _depthwise_backward)
 
 
 class Conv2d(nnx.Module):
@@ -339,93 +254,6 @@ class SqueezeExcite(nnx.Module):
         return x * jax.nn.hard_sigmoid(s)
 
 
-def avg_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 average pool with stride 2 and no padding; an odd trailing row/column is dropped (floor)."""
-    n, h, w, c = x.shape
-    x = x[:, : h // 2 * 2, : w // 2 * 2]
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
-
-
-def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
-    """Source index of each output index under PyTorch's legacy 'nearest': floor(i * in / out).
-
-    Not the half-pixel rule of `jax.image.resize`: for 3 -> 7 this gives [0,0,0,1,1,2,2], not [0,0,1,1,1,2,2].
-    Integer arithmetic equals PyTorch's float32 product here: for the DFC sizes (in = floor(out / 2))
-    i * in / out is never an integer except at i = 0 or when out == 2 * in, where PyTorch shifts exactly.
-    """
-    return np.arange(out_size) * in_size // out_size
-
-
-def bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(lower index, upper index, upper weight) per output index for half-pixel linear interpolation.
-
-    The rule of PyTorch's `interpolate(mode='bilinear', align_corners=False)`: source = (i + 0.5) * in / out
-    - 0.5, clamped at 0; at the last row the upper index repeats the lower one.
-    """
-    source = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
-    lower = np.floor(source).astype(np.int32)
-    upper = np.minimum(lower + 1, in_size - 1)
-    return lower, upper, (source - lower).astype(np.float32)
-
-
-def _lerp(low: jax.Array, high: jax.Array, weight) -> jax.Array:
-    return low + (high - low) * weight
-
-
-def _neighbour(x: jax.Array, axis: int, shift: int) -> jax.Array:
-    """x[k + shift] along `axis`, for shift -1 or +1, zero beyond the edge (a pad and a slice: both fuse)."""
-    n = x.shape[axis]
-    config = [(0, 0, 0)] * x.ndim
-    config[axis] = (max(-shift, 0), max(shift, 0), 0)
-    padded = jax.lax.pad(x, jnp.zeros((), x.dtype), config)
-    return jax.lax.slice_in_dim(padded, max(shift, 0), max(shift, 0) + n, axis=axis)
-
-
-def _double_axis(x: jax.Array, axis: int, method: str) -> jax.Array:
-    """Resizes `axis` to exactly twice its size with the same rules and arithmetic as the gathers below.
-
-    Output 2k is (nearest) x[k] or (bilinear) lerp(x[k-1], x[k], 0.75); output 2k+1 is x[k] or
-    lerp(x[k], x[k+1], 0.25). Where the half-pixel rule clamps at an edge, the weight on the (zero)
-    outside neighbour is 0, which gives x[0] and x[n-1] exactly. The phases are interleaved by a stack and
-    a reshape, whose gradient is a slice, where a gather's gradient is a scatter-add: forward + backward
-    of a DFC-sized upsampling on CPU is 3-6x faster this way.
-    """
-    n = x.shape[axis]
-    if method == "nearest":
-        even = odd = x
-    else:
-        shape = (n,) + (1,) * (x.ndim - 1 - axis)
-        even_weight, odd_weight = np.full(shape, 0.75, np.float32), np.full(shape, 0.25, np.float32)
-        even_weight[0], odd_weight[-1] = 1.0, 0.0
-        even = _lerp(_neighbour(x, axis, -1), x, jnp.asarray(even_weight, x.dtype))
-        odd = _lerp(x, _neighbour(x, axis, 1), jnp.asarray(odd_weight, x.dtype))
-    doubled = jnp.stack([even, odd], axis=axis + 1)
-    return doubled.reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1 :])
-
-
-def _resize_axis(x: jax.Array, axis: int, out_size: int, method: str) -> jax.Array:
-    in_size = x.shape[axis]
-    if out_size == 2 * in_size:
-        return _double_axis(x, axis, method)
-    if method == "nearest":
-        return jnp.take(x, nearest_indices(in_size, out_size), axis=axis)
-    lower, upper, weight = bilinear_taps(in_size, out_size)
-    weight = jnp.asarray(weight.reshape((-1,) + (1,) * (x.ndim - 1 - axis)), x.dtype)
-    return _lerp(jnp.take(x, lower, axis=axis), jnp.take(x, upper, axis=axis), weight)
-
-
-def upsample(x: jax.Array, size: tuple[int, int], method: str) -> jax.Array:
-    """Resizes NHWC `x` to spatial `size` by 'nearest' (PyTorch's floor rule) or 'bilinear' (half-pixel).
-
-    Written as gathers and a lerp (interleaved shifts when an axis exactly doubles, the DFC's usual case)
-    rather than `jax.image.resize`, whose 'nearest' rule differs from PyTorch's and whose 'bilinear' is a
-    dense matrix product per axis.
-    """
-    if method not in DFC_UPSAMPLE_MODES:
-        raise ValueError(f"unknown upsampling method {method!r}; expected one of {DFC_UPSAMPLE_MODES}")
-    return _resize_axis(_resize_axis(x, 1, size[0], method), 2, size[1], method)
-
-
 class DFCAttention(nnx.Module):
     """GhostNetV2's decoupled fully-connected attention, computed at half resolution.
 
@@ -435,8 +263,8 @@ class DFCAttention(nnx.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, *, upsample: str, rngs: nnx.Rngs):
-        if upsample not in DFC_UPSAMPLE_MODES:
-            raise ValueError(f"unknown dfc_upsample {upsample!r}; expected one of {DFC_UPSAMPLE_MODES}")
+        if upsample not in UPSAMPLE_METHODS:
+            raise ValueError(f"unknown dfc_upsample {upsample!r}; expected one of {UPSAMPLE_METHODS}")
         self.upsample = upsample
         self.convs = nnx.List(
             [

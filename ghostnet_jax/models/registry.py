@@ -16,7 +16,8 @@ from flax import nnx
 
 from ghostnet_jax.models import beit, resnet
 from ghostnet_jax.models.ghostnet import GhostNet, RepSettings
-from ghostnet_jax.models.layers import DFC_UPSAMPLE_MODES, check_count, compute_dtype
+from ghostnet_jax.models.kernels import UPSAMPLE_METHODS
+from ghostnet_jax.models.layers import check_count, compute_dtype
 
 # name -> (version, width), the timm 1.0.31 registry.
 VARIANTS: dict[str, tuple[int, float]] = {
@@ -91,8 +92,8 @@ def create_model(
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     in_chans = overrides.get("in_chans", 3)
     dfc_upsample = overrides.get("dfc_upsample", "bilinear")
-    if dfc_upsample not in DFC_UPSAMPLE_MODES:
-        raise ValueError(f"unknown dfc_upsample {dfc_upsample!r}; expected one of {DFC_UPSAMPLE_MODES}")
+    if dfc_upsample not in UPSAMPLE_METHODS:
+        raise ValueError(f"unknown dfc_upsample {dfc_upsample!r}; expected one of {UPSAMPLE_METHODS}")
     rep = None
     if version >= 3:
         branches = overrides.get("num_conv_branches", 3)

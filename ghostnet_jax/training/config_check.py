@@ -49,6 +49,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ),
         ("distill.temperature", config.distill.temperature > 0, "must be positive"),
         (
+            "distill.teacher_size",
+            config.distill.teacher_size is None or config.distill.teacher_size > 0,
+            "must be a positive number of pixels (the shorter side) or None (the student's size)",
+        ),
+        (
+            "distill.teacher_std",
+            len(config.distill.teacher_mean or ()) == len(config.distill.teacher_std or ()),
+            "must have as many values as distill.teacher_mean (both None: the student's data.mean/std)",
+        ),
+        ("distill.teacher_std", all(s > 0 for s in config.distill.teacher_std or ()), "must be positive"),
+        (
             "distill.teacher",
             config.distill.alpha == 0 or bool(config.distill.teacher),
             "must name a checkpoint directory when distill.alpha > 0 (or set distill.alpha=0)",

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from ghostnet_jax.checkpoint import load_model, model_spec, model_variables
+from ghostnet_jax.checkpoint import model_spec, model_variables
 from ghostnet_jax.data import model_inputs
 from ghostnet_jax.data.pipeline import dataset_info, eval_batches, prefetch_to_device, train_batches
 from ghostnet_jax.models import allowed_overrides, create_model, fuse
@@ -27,6 +27,7 @@ from ghostnet_jax.training.logger import MetricLogger
 from ghostnet_jax.training.optim import create_optimizer, learning_rate_schedule
 from ghostnet_jax.training.state import TrainState, create_train_state, split_model
 from ghostnet_jax.training.steps import AXIS, make_eval_step, make_train_step
+from ghostnet_jax.training.teacher import load_teacher
 
 
 # The exit code of a run stopped by SIGTERM after writing its checkpoint: non-zero, so that a supervisor (a shell
@@ -56,27 +57,6 @@ def model_overrides(config: ml_collections.ConfigDict, channels: int) -> dict[st
     if not_allowed:
         raise ValueError(f"config.model.{sorted(not_allowed)[0]} does not apply to {config.model.name}")
     return {**overrides, "in_chans": channels, "dtype": resolve_dtype(config.model.dtype)}
-
-
-def load_teacher(config: ml_collections.ConfigDict, num_classes: int, channels: int, dtype: str):
-    """The distillation teacher, read-only, in eval mode and the student's compute dtype: (graphdef, variables),
-    or (None, None) if alpha=0."""
-    if config.distill.alpha == 0:
-        return None, None
-    teacher, spec = load_model(config.distill.teacher, dtype=dtype)
-    check_teacher_fits(spec, config.distill.teacher, num_classes, channels)
-    return nnx.split(teacher)
-
-
-def check_teacher_fits(spec: dict[str, Any], directory: str, num_classes: int, channels: int) -> None:
-    """Raises unless the teacher saved with `spec` in `directory` takes this dataset's images and classes."""
-    teacher_channels = spec["overrides"].get("in_chans", 3)  # from the spec: GhostNet and BEiT teachers alike
-    if spec["num_classes"] != num_classes or teacher_channels != channels:
-        raise ValueError(
-            f"teacher {directory} ({spec['name']}, {spec['num_classes']} classes, "
-            f"{teacher_channels} channels) does not fit this dataset ({num_classes} classes, "
-            f"{channels} channels)"
-        )
 
 
 class Evaluator:
@@ -199,9 +179,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             print(f"eval at step {start_step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return metrics
 
-    teacher_graphdef, teacher_variables = load_teacher(config, info.num_classes, info.channels, overrides["dtype"])
+    teacher_graphdef, teacher_variables, view = load_teacher(config, info.num_classes, info.channels, overrides["dtype"])
     teacher_variables = hosts.replicated(teacher_variables)  # placed once, not sent to every device at every step
-    train_step = make_train_step(graphdef, tx, schedule, config, info.num_classes, teacher_graphdef)
+    train_step = make_train_step(graphdef, tx, schedule, config, info.num_classes, teacher_graphdef, view)
     p_train_step = jax.pmap(
         train_step, axis_name=AXIS, in_axes=(None, None, None, 0), out_axes=None, donate_argnums=(0,)
     )

@@ -15,6 +15,8 @@ from ghostnet_jax.training.mixup import mix_batch
 from ghostnet_jax.training.state import TrainState, ema_decay, ema_update
 
 AXIS = "batch"
+# Names the teacher's ops in jaxprs, HLO and profiles: its cost shows apart, and a test checks none is differentiated.
+TEACHER_SCOPE = "teacher"
 
 
 def top_k_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
@@ -30,6 +32,7 @@ def make_train_step(
     config: ml_collections.ConfigDict,
     num_classes: int,
     teacher_graphdef: nnx.GraphDef | None = None,
+    teacher_view: Callable[[jax.Array], jax.Array] | None = None,
 ) -> Callable:
     """Returns step(state, rest, teacher_variables, batch) -> (state, metrics), to be pmapped over AXIS.
 
@@ -37,8 +40,9 @@ def make_train_step(
     the state's key). It is an argument, not a closed-over constant, so runs that differ only in their seed lower to
     the same program and share one compilation through JAX's persistent cache.
 
-    The student runs in train mode; the teacher (if any) in eval mode on the same augmented batch under
-    stop_gradient. Gradients, metrics and BatchNorm statistics are averaged across devices, so the state
+    The student runs in train mode; the teacher (if any) in eval mode on the same augmented batch (through
+    `teacher_view`, e.g. a `training.teacher.TeacherView`, when given) under stop_gradient, outside the
+    differentiated function. Gradients, metrics and BatchNorm statistics are averaged across devices, so the state
     stays replicated.
     """
     use_mixup = config.mixup.mixup_alpha > 0 or config.mixup.cutmix_alpha > 0
@@ -52,7 +56,9 @@ def make_train_step(
             images, targets = mix_batch(mix_rng, images, targets, config.mixup)
         teacher_logits = None
         if teacher_graphdef is not None:
-            teacher_logits = jax.lax.stop_gradient(nnx.merge(teacher_graphdef, teacher_variables)(images))
+            with jax.named_scope(TEACHER_SCOPE):
+                teacher_images = teacher_view(images) if teacher_view is not None else images
+                teacher_logits = jax.lax.stop_gradient(nnx.merge(teacher_graphdef, teacher_variables)(teacher_images))
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state.batch_stats, rest, copy=True)
