@@ -273,7 +273,7 @@ class BatchNorm(nnx.Module):
 
 
 class ConvBN(nnx.Module):
-    """Conv (no bias) followed by BatchNorm, the unit every GhostNet layer is made of."""
+    """Conv (no bias) followed by BatchNorm, the unit every GhostNet layer is made of (export folds the BN in)."""
 
     def __init__(
         self,
@@ -289,7 +289,8 @@ class ConvBN(nnx.Module):
         self.bn = BatchNorm(out_features)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.bn(self.conv(x))
+        y = self.conv(x)
+        return y if self.bn is None else self.bn(y)  # None: folded into the conv (`fold_batchnorm`)
 
     def folded_kernel_bias(self) -> tuple[jax.Array, jax.Array]:
         """Kernel and bias of the single conv equal to this conv + BN in eval mode."""
