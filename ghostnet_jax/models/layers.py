@@ -345,12 +345,12 @@ def _lerp(low: jax.Array, high: jax.Array, weight) -> jax.Array:
 
 
 def _neighbour(x: jax.Array, axis: int, shift: int) -> jax.Array:
-    """x[k + shift] along `axis`, for shift -1 or +1, zero beyond the edge (a pad and a slice: both fuse)."""
+    """x[k + shift] along `axis`, for shift -1 or +1, zero beyond the edge: a slice and a concatenation with a
+    zero edge, which XLA fuses like a pad; jax2onnx 0.17.1 cannot lower a `lax.pad` whose batch is symbolic."""
     n = x.shape[axis]
-    config = [(0, 0, 0)] * x.ndim
-    config[axis] = (max(-shift, 0), max(shift, 0), 0)
-    padded = jax.lax.pad(x, jnp.zeros((), x.dtype), config)
-    return jax.lax.slice_in_dim(padded, max(shift, 0), max(shift, 0) + n, axis=axis)
+    body = jax.lax.slice_in_dim(x, max(shift, 0), n + min(shift, 0), axis=axis)
+    edge = jnp.zeros_like(jax.lax.slice_in_dim(x, 0, 1, axis=axis))
+    return jnp.concatenate([body, edge] if shift > 0 else [edge, body], axis=axis)
 
 
 def _double_axis(x: jax.Array, axis: int, method: str) -> jax.Array:
