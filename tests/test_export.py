@@ -5,6 +5,7 @@ lines fail before anything is written, and a failed export leaves nothing behind
 import jax
 import jax.numpy as jnp
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 import torch
@@ -68,10 +69,11 @@ def test_litert_matches_timm_with_builtin_float32_ops(converted):
         assert_close_to_timm(interpreter.get_tensor(result["index"])[0], logits)
 
 
-# A small GhostNetV3 (bilinear DFC, as trained here) whose random features feed a least-squares linear classifier
-# fitted on real Fashion-MNIST images. Not yet used for int8: its random features are too fragile for int8 (ONNX
-# Runtime's int8 model predicted one class), while the trained offline student keeps 97% of its top-1.
-PROBE = {"name": "ghostnetv3_050", "overrides": {"in_chans": 1}, "size": 64}
+# int8: a small GhostNetV3 (bilinear DFC, as trained here) whose random features feed a least-squares linear
+# classifier fitted on real Fashion-MNIST images, so that its top-1 means something (well above chance) and an
+# int8 model with wrong scales or a broken calibration would disagree with it on many images. The classifier reads
+# the raw features (not standardised ones, which would lean on directions too faint to survive int8).
+PROBE = {"name": "ghostnetv3_050", "overrides": {"in_chans": 1}, "size": 64, "calibration": ("4", "16")}
 
 
 def fashion_mnist(data_dir, split):
@@ -96,11 +98,11 @@ def probe(data_dir, tmp_path_factory):
 
     train_images, train_labels = fashion_mnist(data_dir, "train[:1024]")
     train = features(train_images)
-    mean, scale = train.mean(0), train.std(0) + 1e-6
-    design = np.concatenate([(train - mean) / scale, np.ones((len(train), 1))], axis=1)
+    design = np.concatenate([train, np.ones((len(train), 1))], axis=1)
     targets = np.eye(10)[train_labels] - 0.1
-    weights = np.linalg.solve(design.T @ design + 10.0 * np.eye(design.shape[1]), design.T @ targets)
-    kernel, bias = weights[:-1] / scale[:, None], weights[-1] - (mean / scale) @ weights[:-1]
+    ridge = 1e-2 * np.trace(design.T @ design) / design.shape[1]
+    weights = np.linalg.solve(design.T @ design + ridge * np.eye(design.shape[1]), design.T @ targets)
+    kernel, bias = weights[:-1], weights[-1]
     model.classifier.kernel.value, model.classifier.bias.value = jnp.asarray(kernel, jnp.float32), jnp.asarray(bias, jnp.float32)
     directory = tmp_path_factory.mktemp("probe")
     save_model(directory / "checkpoint", model, model_spec(PROBE["name"], num_classes=10,
@@ -117,6 +119,41 @@ def test_stablehlo_round_trips_with_a_symbolic_batch(probe):
     for batch in (1, 3):
         np.testing.assert_allclose(np.asarray(exported.call(images[:batch])), logits[:batch], rtol=0,
                                    atol=1e-4 * max(1.0, np.abs(logits).max()))
+
+
+def export_int8(probe, data_dir, fmt):
+    steps, batch = PROBE["calibration"]
+    return export(probe[0], fmt, "--int8", "--calibration-data", "fashion_mnist_debian", "--data-dir", data_dir,
+                  "--calibration-steps", steps, "--calibration-batch-size", batch, size=PROBE["size"])
+
+
+def assert_int8_keeps_float_top1(int8_logits, probe):
+    _, _, labels, float_logits = probe
+    assert np.mean(float_logits.argmax(1) == labels) > 0.4  # the float model is a real classifier (chance: 0.1)
+    assert np.mean(int8_logits.argmax(1) == float_logits.argmax(1)) >= 0.9
+
+
+def test_int8_onnx_keeps_float_top1(probe, data_dir):
+    path = export_int8(probe, data_dir, "onnx")
+    model = onnx.load(path)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in model.graph.node}
+    assert any(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4 for t in model.graph.initializer)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert_int8_keeps_float_top1(session.run(None, {"images": probe[1]})[0], probe)
+
+
+def test_int8_litert_keeps_float_top1(probe, data_dir):
+    interpreter = Interpreter(model_path=export_int8(probe, data_dir, "tflite"))
+    interpreter.allocate_tensors()
+    (given,), (result,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert given["dtype"] == np.float32 and result["dtype"] == np.float32  # quantised inside, float interface
+    assert np.dtype(np.int8) in {np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()}
+    logits = []
+    for image in probe[1]:
+        interpreter.set_tensor(given["index"], image[None])
+        interpreter.invoke()
+        logits.append(interpreter.get_tensor(result["index"])[0])
+    assert_int8_keeps_float_top1(np.stack(logits), probe)
 
 
 @pytest.mark.parametrize("extra, message", [

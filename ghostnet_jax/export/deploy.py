@@ -2,7 +2,8 @@
 
 Deploy form = V3 fused and every conv+BN folded into one conv with bias (`models.fold_batchnorm`), every conv a
 real convolution (`impl='xla'`: the CPU training path writes depthwise convs as shifted multiply-adds, which ONNX,
-LiteRT and their int8 quantisers would see as dozens of elementwise ops), and dropout (the identity in eval mode)
+LiteRT and their int8 quantisers would see as dozens of elementwise ops), DFC upsampling by gathers only
+(`interleave` off: see `models.layers.upsample`), and dropout (the identity in eval mode)
 removed: jax2onnx replaces `nnx.Dropout.__call__` with a version that lacks the `rngs` keyword GhostNet passes.
 """
 
@@ -15,7 +16,7 @@ from flax import nnx
 
 from ghostnet_jax.models import fold_batchnorm
 from ghostnet_jax.models.ghostnet import GhostNet
-from ghostnet_jax.models.layers import Conv2d
+from ghostnet_jax.models.layers import Conv2d, DFCAttention
 
 
 class _NoDropout(nnx.Module):
@@ -33,6 +34,8 @@ def deploy_form(model: GhostNet) -> GhostNet:
     for _, module in nnx.iter_graph(model):
         if isinstance(module, Conv2d):
             module.impl = "xla"
+        if isinstance(module, DFCAttention):
+            module.interleave = False
     model.dropout = _NoDropout()
     return model
 

@@ -345,12 +345,12 @@ def _lerp(low: jax.Array, high: jax.Array, weight) -> jax.Array:
 
 
 def _neighbour(x: jax.Array, axis: int, shift: int) -> jax.Array:
-    """x[k + shift] along `axis`, for shift -1 or +1, zero beyond the edge: a slice and a concatenation with a
-    zero edge, which XLA fuses like a pad; jax2onnx 0.17.1 cannot lower a `lax.pad` whose batch is symbolic."""
+    """x[k + shift] along `axis`, for shift -1 or +1, zero beyond the edge (a pad and a slice: both fuse)."""
     n = x.shape[axis]
-    body = jax.lax.slice_in_dim(x, max(shift, 0), n + min(shift, 0), axis=axis)
-    edge = jnp.zeros_like(jax.lax.slice_in_dim(x, 0, 1, axis=axis))
-    return jnp.concatenate([body, edge] if shift > 0 else [edge, body], axis=axis)
+    config = [(0, 0, 0)] * x.ndim
+    config[axis] = (max(-shift, 0), max(shift, 0), 0)
+    padded = jax.lax.pad(x, jnp.zeros((), x.dtype), config)
+    return jax.lax.slice_in_dim(padded, max(shift, 0), max(shift, 0) + n, axis=axis)
 
 
 def _double_axis(x: jax.Array, axis: int, method: str) -> jax.Array:
@@ -375,9 +375,9 @@ def _double_axis(x: jax.Array, axis: int, method: str) -> jax.Array:
     return doubled.reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1 :])
 
 
-def _resize_axis(x: jax.Array, axis: int, out_size: int, method: str) -> jax.Array:
+def _resize_axis(x: jax.Array, axis: int, out_size: int, method: str, interleave: bool) -> jax.Array:
     in_size = x.shape[axis]
-    if out_size == 2 * in_size:
+    if interleave and out_size == 2 * in_size:
         return _double_axis(x, axis, method)
     if method == "nearest":
         return jnp.take(x, nearest_indices(in_size, out_size), axis=axis)
@@ -386,16 +386,18 @@ def _resize_axis(x: jax.Array, axis: int, out_size: int, method: str) -> jax.Arr
     return _lerp(jnp.take(x, lower, axis=axis), jnp.take(x, upper, axis=axis), weight)
 
 
-def upsample(x: jax.Array, size: tuple[int, int], method: str) -> jax.Array:
+def upsample(x: jax.Array, size: tuple[int, int], method: str, *, interleave: bool = True) -> jax.Array:
     """Resizes NHWC `x` to spatial `size` by 'nearest' (PyTorch's floor rule) or 'bilinear' (half-pixel).
 
-    Written as gathers and a lerp (interleaved shifts when an axis exactly doubles, the DFC's usual case)
-    rather than `jax.image.resize`, whose 'nearest' rule differs from PyTorch's and whose 'bilinear' is a
-    dense matrix product per axis.
+    Written as gathers and a lerp (with `interleave`, interleaved shifts when an axis exactly doubles, the DFC's
+    usual case: faster to train) rather than `jax.image.resize`, whose 'nearest' rule differs from PyTorch's and
+    whose 'bilinear' is a dense matrix product per axis. Without `interleave` (the export form), only gathers:
+    the shifts' pad does not lower to ONNX with a symbolic batch (jax2onnx 0.17.1) and their slice/concatenate
+    does not quantise in TFLite, while gathers do both.
     """
     if method not in DFC_UPSAMPLE_MODES:
         raise ValueError(f"unknown upsampling method {method!r}; expected one of {DFC_UPSAMPLE_MODES}")
-    return _resize_axis(_resize_axis(x, 1, size[0], method), 2, size[1], method)
+    return _resize_axis(_resize_axis(x, 1, size[0], method, interleave), 2, size[1], method, interleave)
 
 
 class DFCAttention(nnx.Module):
@@ -410,6 +412,7 @@ class DFCAttention(nnx.Module):
         if upsample not in DFC_UPSAMPLE_MODES:
             raise ValueError(f"unknown dfc_upsample {upsample!r}; expected one of {DFC_UPSAMPLE_MODES}")
         self.upsample = upsample
+        self.interleave = True  # `upsample`'s fast doubling; the export form turns it off
         self.convs = nnx.List(
             [
                 ConvBN(in_features, out_features, 1, rngs=rngs),
@@ -422,4 +425,4 @@ class DFCAttention(nnx.Module):
         gate = avg_pool_2x2(x)
         for conv in self.convs:
             gate = conv(gate)
-        return upsample(jax.nn.sigmoid(gate), size, self.upsample)
+        return upsample(jax.nn.sigmoid(gate), size, self.upsample, interleave=self.interleave)
