@@ -2,9 +2,8 @@
 
 jax2onnx is the maintained JAX -> ONNX converter (`tf2onnx` cannot read jax2tf's `XlaCallModule`). Its wheels
 0.14.1 to 0.17.1 (the newest) declare `orbax-checkpoint<0.11.37`, which conflicts with this stack's orbax 0.12, yet
-import no orbax (nor
-orbax-export, equinox, dm-pix, netron, huggingface-hub: those serve other plugins and tools); older wheels without
-the cap would be picked silently by pip's resolver. So it is pinned and installed with `--no-deps`
+import no orbax (nor orbax-export, equinox, dm-pix, netron, huggingface-hub: those serve other plugins and tools);
+older wheels without the cap would be picked silently by pip's resolver. So it is pinned and installed with `--no-deps`
 (requirements-jax2onnx.txt) next to its real dependencies (onnx, onnx-ir, onnxruntime: requirements-export.txt).
 Without equinox and dm-pix installed, jax2onnx logs a warning per plugin it skips; those warnings are silenced.
 """
