@@ -34,6 +34,8 @@ def test_upsample_and_its_gradient_match_torch_interpolate(method, in_size, out_
     actual, vjp = jax.vjp(lambda v: upsample(v, out_size, method), to_nhwc(x))
     np.testing.assert_allclose(np.asarray(actual), expected.detach().numpy().transpose(0, 2, 3, 1), atol=1e-6)
     np.testing.assert_allclose(np.asarray(vjp(to_nhwc(grad))[0]), x_torch.grad.numpy().transpose(0, 2, 3, 1), atol=1e-5)
+    gathered = upsample(to_nhwc(x), out_size, method, interleave=False)  # the export form: gathers only
+    np.testing.assert_allclose(np.asarray(gathered), expected.detach().numpy().transpose(0, 2, 3, 1), atol=1e-6)
 
 
 @pytest.mark.parametrize("size", [(7, 7), (6, 9), (14, 3)])

@@ -1,8 +1,9 @@
-"""The GhostNet model zoo: `create_model`, `list_models`, `fuse` (V3 deploy form) and the building blocks."""
+"""The GhostNet model zoo: `create_model`, `list_models`, `fuse` (V3 deploy form), `fold_batchnorm` (export form)
+and the building blocks."""
 
 from ghostnet_jax.models.ghostnet import GhostBottleneck, GhostModule, GhostNet
 from ghostnet_jax.models.registry import allowed_overrides, create_model, list_models
-from ghostnet_jax.models.reparam import RepConv, fuse
+from ghostnet_jax.models.reparam import RepConv, fold_batchnorm, fuse
 
 __all__ = [
     "GhostBottleneck",
@@ -11,6 +12,7 @@ __all__ = [
     "RepConv",
     "allowed_overrides",
     "create_model",
+    "fold_batchnorm",
     "fuse",
     "list_models",
 ]

@@ -171,9 +171,9 @@ def _double_axis(x: jax.Array, axis: int, method: str) -> jax.Array:
     return doubled.reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1 :])
 
 
-def _resize_axis(x: jax.Array, axis: int, out_size: int, method: str) -> jax.Array:
+def _resize_axis(x: jax.Array, axis: int, out_size: int, method: str, interleave: bool) -> jax.Array:
     in_size = x.shape[axis]
-    if out_size == 2 * in_size:
+    if interleave and out_size == 2 * in_size:
         return _double_axis(x, axis, method)
     if method == "nearest":
         return jnp.take(x, nearest_indices(in_size, out_size), axis=axis)
@@ -182,13 +182,15 @@ def _resize_axis(x: jax.Array, axis: int, out_size: int, method: str) -> jax.Arr
     return _lerp(jnp.take(x, lower, axis=axis), jnp.take(x, upper, axis=axis), weight)
 
 
-def upsample(x: jax.Array, size: tuple[int, int], method: str) -> jax.Array:
+def upsample(x: jax.Array, size: tuple[int, int], method: str, *, interleave: bool = True) -> jax.Array:
     """Resizes NHWC `x` to spatial `size` by 'nearest' (PyTorch's floor rule) or 'bilinear' (half-pixel).
 
-    Written as gathers and a lerp (interleaved shifts when an axis exactly doubles, the DFC's usual case)
-    rather than `jax.image.resize`, whose 'nearest' rule differs from PyTorch's and whose 'bilinear' is a
-    dense matrix product per axis.
+    Written as gathers and a lerp (with `interleave`, interleaved shifts when an axis exactly doubles, the DFC's
+    usual case: faster to train) rather than `jax.image.resize`, whose 'nearest' rule differs from PyTorch's and
+    whose 'bilinear' is a dense matrix product per axis. Without `interleave` (the export form), only gathers:
+    the shifts' pad does not lower to ONNX with a symbolic batch (jax2onnx 0.17.1) and their slice/concatenate
+    does not quantise in TFLite, while gathers do both.
     """
     if method not in UPSAMPLE_METHODS:
         raise ValueError(f"unknown upsampling method {method!r}; expected one of {UPSAMPLE_METHODS}")
-    return _resize_axis(_resize_axis(x, 1, size[0], method), 2, size[1], method)
+    return _resize_axis(_resize_axis(x, 1, size[0], method, interleave), 2, size[1], method, interleave)

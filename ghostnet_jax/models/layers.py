@@ -217,7 +217,7 @@ class BatchNorm(nnx.Module):
 
 
 class ConvBN(nnx.Module):
-    """Conv (no bias) followed by BatchNorm, the unit every GhostNet layer is made of."""
+    """Conv (no bias) followed by BatchNorm, the unit every GhostNet layer is made of (export folds the BN in)."""
 
     def __init__(
         self,
@@ -233,7 +233,8 @@ class ConvBN(nnx.Module):
         self.bn = BatchNorm(out_features)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.bn(self.conv(x))
+        y = self.conv(x)
+        return y if self.bn is None else self.bn(y)  # None: folded into the conv (`fold_batchnorm`)
 
     def folded_kernel_bias(self) -> tuple[jax.Array, jax.Array]:
         """Kernel and bias of the single conv equal to this conv + BN in eval mode."""
@@ -266,6 +267,7 @@ class DFCAttention(nnx.Module):
         if upsample not in UPSAMPLE_METHODS:
             raise ValueError(f"unknown dfc_upsample {upsample!r}; expected one of {UPSAMPLE_METHODS}")
         self.upsample = upsample
+        self.interleave = True  # `upsample`'s fast doubling; the export form turns it off
         self.convs = nnx.List(
             [
                 ConvBN(in_features, out_features, 1, rngs=rngs),
@@ -278,4 +280,4 @@ class DFCAttention(nnx.Module):
         gate = avg_pool_2x2(x)
         for conv in self.convs:
             gate = conv(gate)
-        return upsample(jax.nn.sigmoid(gate), size, self.upsample)
+        return upsample(jax.nn.sigmoid(gate), size, self.upsample, interleave=self.interleave)

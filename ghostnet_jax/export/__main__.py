@@ -1,0 +1,3 @@
+from ghostnet_jax.export.cli import main
+
+main()
