@@ -13,6 +13,7 @@ from ai_edge_litert.interpreter import Interpreter
 from flax import nnx
 
 from conftest import jit_forward
+from experiments import deploy_accuracy
 from ghostnet_jax.checkpoint import model_spec, save_model
 from ghostnet_jax.convert import convert_state_dict
 from ghostnet_jax.data import pipeline
@@ -137,7 +138,8 @@ def test_int8_onnx_keeps_float_top1(probe, data_dir):
     path = export_int8(probe, data_dir, "onnx")
     model = onnx.load(path)
     assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in model.graph.node}
-    assert any(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4 for t in model.graph.initializer)
+    kernels = [t for t in model.graph.initializer if len(t.dims) == 4]
+    assert kernels and all(t.data_type == onnx.TensorProto.INT8 for t in kernels)  # every conv weight is int8
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     assert_int8_keeps_float_top1(session.run(None, {"images": probe[1]})[0], probe)
 
@@ -194,3 +196,17 @@ def test_existing_output_is_kept_unless_forced_and_failures_leave_nothing(probe,
     assert sorted(directory.iterdir()) == before and output.read_bytes() == b"user's file"
     export_main(argv + ["--image-size", str(PROBE["size"]), "--force"])
     assert jax.export.deserialize(bytearray(output.read_bytes())).in_avals[0].shape[1:] == (64, 64, 1)
+
+
+def test_deploy_accuracy_counts_top1_of_each_export_against_the_float_model(probe, data_dir, tmp_path):
+    directory, _, labels, logits = probe
+    rows = deploy_accuracy.main([
+        "--checkpoint", str(directory / "checkpoint"), "--data", "fashion_mnist_debian", "--data-dir", data_dir,
+        "--split", "test[:64]", "--image-size", str(PROBE["size"]), "--formats", "onnx", "--batch-size", "64",
+        "--calibration-steps", "1", "--calibration-batch-size", "8", "--out", str(tmp_path / "accuracy")])
+    jax_row, onnx_row = rows
+    assert jax_row["examples"] == onnx_row["examples"] == len(labels) == 64
+    assert abs(jax_row["top1"] - np.mean(logits.argmax(1) == labels)) <= 1 / 64  # a near-tie may flip one image
+    assert onnx_row["agreement"] >= 63 / 64 and abs(onnx_row["top1"] - jax_row["top1"]) <= 1 / 64
+    assert onnx_row["bytes"] > 0 and f"| onnx | float32 | {onnx_row['bytes'] / 1024:.0f} KiB |" in (
+        tmp_path / "accuracy.md").read_text()

@@ -47,6 +47,10 @@ def quantize_onnx(model: bytes, calibration: Sequence[np.ndarray]) -> bytes:
         source, target = os.path.join(directory, "float.onnx"), os.path.join(directory, "int8.onnx")
         with open(source, "wb") as file:
             file.write(model)
+        # ORT's pre-processing (shape inference, constant folding) first: jax2onnx feeds every conv an HWIO kernel
+        # through a Transpose, and the quantiser only quantises weights that reach the conv directly, so without it
+        # 99% of the weight bytes stayed float32 (measured on the offline student: 6.2 MB float, 32 KB int8).
+        quantization.shape_inference.quant_pre_process(source, source)
         quantization.quantize_static(source, target, Reader(), quant_format=quantization.QuantFormat.QDQ,
                                      per_channel=True, activation_type=quantization.QuantType.QInt8,
                                      weight_type=quantization.QuantType.QInt8)
