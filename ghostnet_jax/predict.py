@@ -19,7 +19,7 @@ import tensorflow as tf
 from flax import nnx
 
 from ghostnet_jax.checkpoint import load_model
-from ghostnet_jax.data import model_inputs, transforms
+from ghostnet_jax.data import model_inputs, pipeline, transforms
 from ghostnet_jax.evaluate import add_transform_arguments, apply_checkpoint_inputs
 
 
@@ -53,9 +53,7 @@ def main(argv: list[str] | None = None) -> list[list[tuple[str, float]]]:
     model, spec = load_model(args.checkpoint)
     recorded = apply_checkpoint_inputs(args, spec)
     channels = spec["overrides"].get("in_chans", 3)
-    mean, std = args.mean, args.std
-    if channels == 1:
-        mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
+    mean, std = pipeline.channel_stats(args.mean, args.std, channels, field="data.mean/std (or --mean/--std)")
     images = np.stack([load_image(path, channels=channels, image_size=args.image_size, crop_pct=args.crop_pct,
                                   interpolation=args.interpolation, mean=mean, std=std) for path in args.images])
     names = model_inputs.dataset_label_names(args.labels) if args.labels else recorded["labels"]
