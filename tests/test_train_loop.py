@@ -102,7 +102,15 @@ def test_invalid_config_and_missing_teacher_fail_before_training(data_dir, tmp_p
     config.remat = "block"
     with pytest.raises(ValueError, match=r"config.remat='block' must be 'none' for resnet18"):
         train_and_evaluate(config, tmp_path / "remat")
-    assert not (tmp_path / "remat").exists()
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "remat").exists()  # no half-made workdir
+    # A workdir the user already has is left exactly as it was.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    config = tiny_config(data_dir)
+    config.distill.update(alpha=0.5, teacher=str(tmp_path / "no-such-teacher"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
+        train_and_evaluate(config, tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
 def test_the_offline_resnet_teacher_preset_trains_and_its_run_loads_as_a_teacher(data_dir, tmp_path):

@@ -136,12 +136,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     workdir = storage_path(workdir)
     is_main = hosts.is_main()
     read_only = config.mode == "eval"
-    if is_main and not read_only:
-        workdir.mkdir(parents=True, exist_ok=True)
 
+    # Everything a bad config can fail on (data, model overrides, teacher) comes before the first write: an error
+    # leaves the workdir as the user had it.
     info = dataset_info(config.data)
     overrides = model_overrides(config, info.channels)
     model = create_model(config.model.name, num_classes=info.num_classes, rngs=nnx.Rngs(config.seed), **overrides)
+    teacher_graphdef, teacher_variables, view = (
+        (None, None, None) if read_only else load_teacher(config, info.num_classes, info.channels, overrides["dtype"])
+    )
+    if is_main and not read_only:
+        workdir.mkdir(parents=True, exist_ok=True)
     if config.remat != "none":  # GhostNets only (validate_config)
         model.remat = config.remat
     if config.cross_device_bn:
@@ -179,7 +184,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             print(f"eval at step {start_step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return metrics
 
-    teacher_graphdef, teacher_variables, view = load_teacher(config, info.num_classes, info.channels, overrides["dtype"])
     teacher_variables = hosts.replicated(teacher_variables)  # placed once, not sent to every device at every step
     train_step = make_train_step(graphdef, tx, schedule, config, info.num_classes, teacher_graphdef, view)
     p_train_step = jax.pmap(
