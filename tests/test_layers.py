@@ -61,6 +61,44 @@ def test_batchnorm_training_matches_torch_including_unbiased_running_var():
     np.testing.assert_allclose(np.asarray(ours(to_nhwc(x))), expected, atol=1e-5)
 
 
+def test_batchnorm_training_gradients_match_torch_on_one_and_two_devices():
+    # BatchNorm's gradient is written by hand (kernels.batch_norm_train): it must equal PyTorch's autograd of
+    # BatchNorm2d in training mode, on one device and with the global batch split over two devices under pmap
+    # (statistics and gradient sums over both; the step then averages the parameter gradients).
+    rng = np.random.default_rng(5)
+    x = rng.normal(2.0, 3.0, size=(4, 6, 5, 5)).astype(np.float32)
+    dy = rng.normal(size=(4, 6, 5, 5)).astype(np.float32)
+    scale, bias = rng.uniform(0.5, 1.5, 6).astype(np.float32), rng.normal(size=6).astype(np.float32)
+    reference = torch.nn.BatchNorm2d(6)
+    with torch.no_grad():
+        reference.weight.copy_(torch.from_numpy(scale))
+        reference.bias.copy_(torch.from_numpy(bias))
+    tx = torch.from_numpy(x).requires_grad_()
+    (reference(tx) * torch.from_numpy(dy)).sum().backward()
+    expected = (tx.grad.numpy().transpose(0, 2, 3, 1), reference.weight.grad.numpy(), reference.bias.grad.numpy())
+
+    def gradients(axis_name, x, dy):
+        def loss(x, scale, bias):
+            bn = BatchNorm(6, axis_name=axis_name)
+            bn.scale.value, bn.bias.value = scale, bias
+            return jnp.sum(bn(x) * dy)
+
+        return jax.grad(loss, argnums=(0, 1, 2))(x, jnp.asarray(scale), jnp.asarray(bias))
+
+    one = jax.jit(lambda x, dy: gradients(None, x, dy))(to_nhwc(x), to_nhwc(dy))
+    split = jax.pmap(lambda x, dy: gradients("d", x, dy), axis_name="d")(
+        to_nhwc(x).reshape(2, 2, 5, 5, 6), to_nhwc(dy).reshape(2, 2, 5, 5, 6)
+    )
+    two = (split[0].reshape(4, 5, 5, 6), split[1].sum(0), split[2].sum(0))  # each device's loss is its share of the sum
+    for actual in (one, two):
+        for a, e in zip(actual, expected):
+            np.testing.assert_allclose(np.asarray(a), e, rtol=1e-4, atol=1e-5)
+    # bfloat16 activations: float32 maths inside, the input gradient rounded once to bfloat16.
+    low = jax.jit(lambda x, dy: gradients(None, x, dy))(to_nhwc(x).astype(jnp.bfloat16), to_nhwc(dy))
+    assert low[0].dtype == jnp.bfloat16 and low[1].dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(low[0], np.float32), expected[0], rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize(
     "kernel, stride, groups, channels, size",
     [(1, 1, 1, 6, (11, 8)), (3, 1, 6, 6, (11, 8)), (3, 2, 6, 6, (11, 8)), (5, 2, 6, 6, (11, 8)),

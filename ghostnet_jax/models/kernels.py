@@ -1,5 +1,6 @@
-"""Pure array kernels behind the layers: the CPU depthwise convolution (with its hand-written gradient), dense convs
-with a tiny output as one matmul, and the pooling/resampling of DFC attention. Functions on arrays only, no parameters: the layers in `layers.py` own those.
+"""Pure array kernels behind the layers: training-mode BatchNorm (with its hand-written gradient), the CPU depthwise
+convolution (with its hand-written gradient), dense convs with a tiny output as one matmul, and the
+pooling/resampling of DFC attention. Functions on arrays only, no parameters: the layers in `layers.py` own those.
 
 Each kernel is written by hand where exactness or measured speed requires it (its docstring says which); NHWC.
 """
@@ -7,12 +8,83 @@ Each kernel is written by hand where exactness or measured speed requires it (it
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 UPSAMPLE_METHODS = ("bilinear", "nearest")
+
+
+def batch_count(x: jax.Array, axis_name: str | None):
+    """How many values each channel's batch statistics average over (all devices' along `axis_name`)."""
+    count = math.prod(x.shape[:-1])
+    return count if axis_name is None else count * jax.lax.psum(1, axis_name)
+
+
+def _batch_moments(x32: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and biased variance over all but the last axis (and over `axis_name`'s devices).
+
+    Two passes (mean, then mean squared deviation): E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std,
+    which made cross-device and single-device gradients disagree."""
+    axes = tuple(range(x32.ndim - 1))
+    mean = x32.mean(axes)
+    if axis_name is not None:
+        mean = jax.lax.pmean(mean, axis_name)
+    var = jnp.square(x32 - mean).mean(axes)
+    if axis_name is not None:
+        var = jax.lax.pmean(var, axis_name)
+    return mean, var
+
+
+def normalize(
+    x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
+) -> jax.Array:
+    """BatchNorm's affine normalisation in float32, rounded once to x's dtype: one fused elementwise pass."""
+    return ((x.astype(jnp.float32) - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias).astype(x.dtype)
+
+
+# Autodiff of the normalisation differentiates through the mean and the variance separately and materialises the
+# pieces; the closed-form gradient below needs one fused pass for two reductions and one for dx. Measured on this
+# CPU (forward + backward of one BatchNorm layer, float32, batch 32, 2026-12-04, under load): 1.24x as fast at
+# 112x112x16, 1.39x at 56x56x48, 2.9x at 14x14x480. In ghostnet_100's whole train step at 224 px (where XLA already
+# fused much of autodiff's work) it cut XLA's bytes accessed from 783 to 726 MB per image and CPU time by 2%.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm_train(
+    x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, axis_name: str | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Training-mode BatchNorm over all but the last axis: (y in x's dtype, batch mean, biased batch variance).
+
+    Statistics and normalisation are float32 whatever x's dtype: (x - mean) in bfloat16 cancels when
+    |mean| >> std. The returned mean and variance are for the running averages and carry no gradient (their
+    effect on y is in x's gradient). With `axis_name` (inside `jax.pmap`) the statistics are the global batch's,
+    and x's gradient is that of the sum of every device's loss, as autodiff through `pmean` gives."""
+    mean, var = _batch_moments(x.astype(jnp.float32), axis_name)
+    return normalize(x, mean, var, scale, bias, epsilon), mean, var
+
+
+def _batch_norm_forward(x, scale, bias, epsilon, axis_name):
+    out = batch_norm_train(x, scale, bias, epsilon, axis_name)
+    return out, (x, scale, out[1], out[2])
+
+
+def _batch_norm_backward(epsilon, axis_name, residuals, cotangents):
+    """dx = scale * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)) over the global batch; dscale and dbias are
+    this device's sums (the train step averages parameter gradients over devices)."""
+    x, scale, mean, var = residuals
+    dy = cotangents[0].astype(jnp.float32)
+    axes = tuple(range(x.ndim - 1))
+    rstd = jax.lax.rsqrt(var + epsilon)
+    xhat = (x.astype(jnp.float32) - mean) * rstd
+    dbias, dscale = dy.sum(axes), (dy * xhat).sum(axes)
+    total_dy, total_dy_xhat = (dbias, dscale) if axis_name is None else jax.lax.psum((dbias, dscale), axis_name)
+    count = batch_count(x, axis_name)
+    dx = (scale * rstd) * (dy - total_dy / count - xhat * (total_dy_xhat / count))
+    return dx.astype(x.dtype), dscale, dbias
+
+
+batch_norm_train.defvjp(_batch_norm_forward, _batch_norm_backward)
 
 
 def _tap(padded: jax.Array, i: int, j: int, stride: int, out_h: int, out_w: int) -> jax.Array:
