@@ -5,6 +5,7 @@ and what a distillation teacher adds to our train step.
     python -m experiments.benchmark --suites teacher --models ghostnetv3_100 --dtypes bfloat16 --device gpu
     python -m experiments.benchmark --suites train,infer --models ghostnet_100 --out experiments/results/cpu
     python -m experiments.benchmark --device gpu --dtype bfloat16 --suites train,infer   # see gpu_benchmark.sh
+    python -m experiments.benchmark --suites deploy --repeats 5 --warmup 1   # exports vs timm->ONNX Runtime
 
 Every measurement runs in a fresh subprocess (one framework, one model, one setting), so that peak memory
 is that measurement's own and neither framework's thread pools or caches disturb the other. Both sides get
@@ -27,16 +28,21 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from experiments.deploy_bench import BATCH_1_ONLY, RUNTIMES, deploy_table
+from experiments.deploy_bench import measure as deploy_measure
+
 TRAIN_MODELS = ("ghostnet_100", "ghostnetv2_100", "ghostnetv3_100")
 TEACHERS = ("resnet50", "beitv2_base_patch16_224", "beitv2_large_patch16_224")  # the `teacher` suite's defaults
 OFFLINE_SIZE = 40  # the fashion_mnist preset's input size (one channel there; three here, like timm's models)
 NUM_CLASSES = 1000
+ROW_KEYS = ("label", "kind", "model", "threads")  # what a table row keeps of its jobs
 
 
 def timed(fn: Callable[[], object], warmup: int, repeats: int) -> dict:
@@ -375,6 +381,8 @@ def timm_pipeline(workers: int, batch: int, count: int, repeats: int) -> dict:
 def measure(job: dict) -> dict:
     """Runs one job (a dict from `jobs`) in this process and returns its timings and peak memory."""
     kind, side = job["kind"], job["side"]
+    if kind.startswith("deploy"):
+        return deploy_measure(job)
     common = dict(warmup=job["warmup"], repeats=job["repeats"]) | ({"impl": job["impl"]} if side == "ours" else {})
     if kind == "train":
         fn = functools.partial(ours_train, remat=job["remat"]) if side == "ours" else timm_train
@@ -446,6 +454,24 @@ def jobs(args: argparse.Namespace) -> list[dict]:
                                          size=args.teacher_image_size, batch=args.batch, dtype=dtype,
                                          label=f"{student} + {teacher}" if teacher else f"{student} alone",
                                          alone=f"{student} alone"))
+    if "deploy" in args.suites:
+        measured += deploy_jobs(args, base)
+    return measured
+
+
+def deploy_jobs(args: argparse.Namespace, base: dict) -> list[dict]:
+    """Per model: its export files (one job), then each runtime at each thread count (batch 1 and `--batch`)."""
+    measured = []
+    for model in args.models:
+        prefix = f"deploy {model} {args.infer_size}px"
+        setting = dict(base, model=model, size=args.infer_size, directory=str(Path(args.deploy_dir) / model))
+        measured.append(dict(setting, kind="deploy_files", side="export", label=f"{prefix} files",
+                             runtimes=args.deploy_runtimes))
+        for threads in args.deploy_threads:
+            for runtime in args.deploy_runtimes:
+                batches = [1] if runtime in BATCH_1_ONLY else sorted({1, args.batch})
+                measured.append(dict(setting, kind="deploy", side=runtime, label=f"{prefix} {threads}t",
+                                     threads=threads, batches=batches))
     return measured
 
 
@@ -457,6 +483,8 @@ def run_job(job: dict, timeout: int) -> dict:
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode < 0:
+        return {"error": f"killed by signal {-done.returncode}"}
     if done.returncode or not lines:
         return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
     return json.loads(lines[-1][len("RESULT "):])
@@ -531,7 +559,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--suites", default="train,infer,latency,pipeline", type=lambda s: s.split(","),
-                        help="any of train,infer,latency,pipeline,teacher")
+                        help="any of train,infer,latency,pipeline,teacher,deploy")
     parser.add_argument("--models", default=",".join(TRAIN_MODELS), type=lambda s: s.split(","))
     parser.add_argument("--train-sizes", default=f"224,{OFFLINE_SIZE}", type=lambda s: [int(v) for v in s.split(",")])
     parser.add_argument("--infer-size", type=int, default=224)
@@ -549,6 +577,10 @@ def main() -> None:
                         help="compute dtypes, e.g. float32,bfloat16 (timm: autocast to bfloat16, i.e. AMP)")
     parser.add_argument("--remat", default="none", type=lambda s: s.split(","),
                         help="ours: 'none', 'block' or 'none,block' (train rows; timm has no remat)")
+    parser.add_argument("--deploy-runtimes", default=",".join(RUNTIMES),
+                        type=lambda s: s.split(","), help="deploy suite: runtimes to time (see experiments/deploy_bench.py)")
+    parser.add_argument("--deploy-threads", default="1,2", type=lambda s: [int(v) for v in s.split(",")],
+                        help="deploy suite: thread counts (each run pinned to that many CPUs)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
     parser.add_argument("--out", type=Path, help="write <out>.md and <out>.json")
@@ -557,16 +589,24 @@ def main() -> None:
     if args.job:
         print("RESULT " + json.dumps(measure(json.loads(args.job))), flush=True)
         return
+    unknown = set(args.deploy_runtimes) - set(RUNTIMES)
+    if unknown:
+        parser.error(f"unknown --deploy-runtimes {sorted(unknown)}; choose from {RUNTIMES}")
+    if not all(1 <= threads <= len(os.sched_getaffinity(0)) for threads in args.deploy_threads):
+        parser.error(f"--deploy-threads {args.deploy_threads}: this process may use {len(os.sched_getaffinity(0))} CPUs")
     os.environ.setdefault("JAX_PLATFORMS", "cuda" if args.device == "gpu" else "cpu")
-    rows: dict[str, dict] = {}
-    for job in jobs(args):
-        result = run_job(job, args.timeout)
-        row = rows.setdefault(job["label"], {"label": job["label"], "kind": job["kind"]})
-        row[job["side"]] = result
-        if "error" not in result:
-            row[f"{job['side']}_value"] = throughput(job, result)
-        print(f"{job['label']} [{job['side']}]: {result}", file=sys.stderr, flush=True)
-        report(args, rows)  # after every measurement, so that a run cut short keeps what it measured
+    with tempfile.TemporaryDirectory(prefix="deploy-") as args.deploy_dir:  # the deploy suite's exports
+        rows: dict[str, dict] = {}
+        start, todo = time.perf_counter(), jobs(args)
+        for index, job in enumerate(todo, 1):
+            result = run_job(job, args.timeout)
+            row = rows.setdefault(job["label"], {key: job[key] for key in ROW_KEYS if key in job})
+            row[job["side"]] = result
+            if "median_s" in result:
+                row[f"{job['side']}_value"] = throughput(job, result)
+            print(f"[{index}/{len(todo)}, {time.perf_counter() - start:.0f} s] {job['label']} [{job['side']}]: "
+                  f"{result}", file=sys.stderr, flush=True)
+            report(args, rows)  # after every measurement, so that a run cut short keeps what it measured
     print(report(args, rows))
 
 
@@ -582,9 +622,11 @@ def report(args: argparse.Namespace, rows: dict[str, dict]) -> str:
         f"Command: python -m experiments.benchmark {' '.join(sys.argv[1:])}\n"
     )
     teacher_rows = [row for row in rows.values() if row["kind"] == "teacher"]
-    other_rows = [row for row in rows.values() if row["kind"] != "teacher"]
+    deploy_rows = [row for row in rows.values() if row["kind"].startswith("deploy")]
+    other_rows = [row for row in rows.values() if row not in teacher_rows + deploy_rows]
     alone = {job["label"]: job["alone"] for job in jobs(args) if job["kind"] == "teacher"}
     tables = ([table(other_rows)] if other_rows else []) + ([teacher_table(teacher_rows, alone)] if teacher_rows else [])
+    tables += [deploy_table(deploy_rows, args.batch)] if deploy_rows else []
     markdown = header + "\n" + "\n\n".join(tables)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

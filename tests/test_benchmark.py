@@ -12,12 +12,15 @@ from experiments import benchmark
 
 def test_benchmark_runs_both_sides_and_tabulates_the_measured_ratios(tmp_path, monkeypatch):
     out = tmp_path / "bench"
-    argv = ["benchmark", "--suites", "train,latency", "--models", "ghostnet_050", "--train-sizes", "32",
+    argv = ["benchmark", "--suites", "train,latency,deploy", "--models", "ghostnet_050", "--train-sizes", "32",
             "--infer-size", "32", "--batch", "2", "--repeats", "2", "--warmup", "0", "--remat", "none,block",
-            "--out", str(out)]
+            "--deploy-runtimes", "onnx,timm_onnx", "--deploy-threads", "1", "--out", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
     benchmark.main()
     rows = {row["label"]: row for row in json.loads(out.with_suffix(".json").read_text())}
+    markdown = out.with_suffix(".md").read_text()
+    check_deploy_rows({label: rows.pop(label) for label in list(rows) if rows[label]["kind"].startswith("deploy")},
+                      markdown)
     plain, remat = "train ghostnet_050 32px b2 float32", "train ghostnet_050 32px b2 float32 remat"
     assert set(rows) == {plain, remat, "latency ghostnet_050 32px b1 float32"}
     assert rows[remat]["timm"] == rows[plain]["timm"]  # timm has no remat: one measurement serves both rows
@@ -26,7 +29,6 @@ def test_benchmark_runs_both_sides_and_tabulates_the_measured_ratios(tmp_path, m
         assert ours["bytes_per_image"] > ours["lower_bound_bytes_per_image"] > 0 and ours["flops_per_image"] > 0
     # Recomputing the blocks costs arithmetic: XLA counts more flops for the remat step.
     assert rows[remat]["ours"]["flops_per_image"] > rows[plain]["ours"]["flops_per_image"]
-    markdown = out.with_suffix(".md").read_text()
     for label, row in rows.items():
         ours, theirs = row["ours"], row["timm"]
         assert "error" not in ours and "error" not in theirs, row
@@ -39,6 +41,23 @@ def test_benchmark_runs_both_sides_and_tabulates_the_measured_ratios(tmp_path, m
             ratio = row["timm_value"][0] / row["ours_value"][0]
         line = next(line for line in markdown.splitlines() if line.startswith(f"| {label} |"))
         assert re.search(rf"\| {ratio:.2f}x \|", line), line
+
+
+def check_deploy_rows(rows, markdown):
+    """The deploy suite: our ONNX export and timm's are the same network (same logits), each timed pinned to one
+    CPU, and the table's figures and ratios to timm->ONNX Runtime are the measured ones."""
+    files, timings = rows["deploy ghostnet_050 32px files"]["export"], rows["deploy ghostnet_050 32px 1t"]
+    assert set(files["bytes"]) == {"onnx", "timm_onnx"}
+    assert abs(files["bytes"]["onnx"] / files["bytes"]["timm_onnx"] - 1) < 0.02  # the same float32 weights
+    assert max(files["error_vs_timm"].values()) < 1e-4
+    anchor = timings["timm_onnx"]
+    for runtime in ("onnx", "timm_onnx"):
+        timing = timings[runtime]
+        assert all(timing[b]["cpus"] == timing["b1"]["cpus"] and len(timing[b]["cpus"]) == 1 for b in ("b1", "b2"))
+        ms, anchor_ms = 1000 * timing["b1"]["median_s"], 1000 * anchor["b1"]["median_s"]
+        rate, anchor_rate = 2 / timing["b2"]["median_s"], 2 / anchor["b2"]["median_s"]
+        line = next(line for line in markdown.splitlines() if line.startswith(f"| ghostnet_050 | {runtime} |"))
+        assert line == f"| ghostnet_050 | {runtime} | {ms:.1f} ({anchor_ms / ms:.2f}x) | {rate:.1f} ({rate / anchor_rate:.2f}x) |"
 
 
 def test_profile_attributes_traced_time_to_the_compiled_instructions(tmp_path):

@@ -2,8 +2,9 @@
 
 Deploy form = V3 fused and every conv+BN folded into one conv with bias (`models.fold_batchnorm`), every conv a
 real convolution (`impl='xla'`: the CPU training path writes depthwise convs as shifted multiply-adds, which ONNX,
-LiteRT and their int8 quantisers would see as dozens of elementwise ops), DFC upsampling by gathers only
-(`interleave` off: see `models.layers.upsample`), and dropout (the identity in eval mode)
+LiteRT and their int8 quantisers would see as dozens of elementwise ops), the DFC gate's pool a pooling op and its
+upsampling by gathers only (`DFCAttention.export_form`: ONNX Runtime then keeps 8 of jax2onnx's 406 layout
+Transposes in ghostnetv2_100 instead of 18), and dropout (the identity in eval mode)
 removed: jax2onnx replaces `nnx.Dropout.__call__` with a version that lacks the `rngs` keyword GhostNet passes.
 """
 
@@ -35,7 +36,7 @@ def deploy_form(model: GhostNet) -> GhostNet:
         if isinstance(module, Conv2d):
             module.impl = "xla"
         if isinstance(module, DFCAttention):
-            module.interleave = False
+            module.export_form = True
     model.dropout = _NoDropout()
     return model
 

@@ -254,7 +254,10 @@ class DFCAttention(nnx.Module):
         if upsample not in UPSAMPLE_METHODS:
             raise ValueError(f"unknown dfc_upsample {upsample!r}; expected one of {UPSAMPLE_METHODS}")
         self.upsample = upsample
-        self.interleave = True  # `upsample`'s fast doubling; the export form turns it off
+        # The export form (set by `export.deploy`): the pool as a pooling op (`nnx.avg_pool`, which jax2onnx emits
+        # as AveragePool and TFLite as AVERAGE_POOL_2D; ONNX Runtime's layout optimiser moves its transposes away,
+        # not those around the reshape of `avg_pool_2x2`) and the upsampling by gathers only (see `upsample`).
+        self.export_form = False
         self.convs = nnx.List(
             [
                 ConvBN(in_features, out_features, 1, rngs=rngs),
@@ -264,7 +267,7 @@ class DFCAttention(nnx.Module):
         )
 
     def __call__(self, x: jax.Array, size: tuple[int, int]) -> jax.Array:
-        gate = avg_pool_2x2(x)
+        gate = nnx.avg_pool(x, window_shape=(2, 2), strides=(2, 2)) if self.export_form else avg_pool_2x2(x)
         for conv in self.convs:
             gate = conv(gate)
-        return upsample(jax.nn.sigmoid(gate), size, self.upsample, interleave=self.interleave)
+        return upsample(jax.nn.sigmoid(gate), size, self.upsample, interleave=not self.export_form)
