@@ -12,6 +12,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # default follows XDG_CACHE_HOME): tests that compile the same program, e.g. every run of one tiny training
 # config, compile it once. Never the user's own cache.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ghostnet_jax_tests_")
+# Every program goes into that cache, however quickly it compiled (JAX's default keeps only those over 1 s): the
+# hundreds of small eager programs that each training run, module (after jax.clear_caches) and subprocess would
+# otherwise compile again then load (450 of them: 110 s compiled, 25 s loaded, on the loaded 2-core machine).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 # torch (through timm) must be imported before tensorflow: the other order segfaults in this stack.
 import timm  # noqa: F401
@@ -87,9 +91,10 @@ def timm():
     return timm_module
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    """A TFDS data_dir per test module (fashion_mnist_debian is built in it on first use, in seconds)."""
+    """One TFDS data_dir for the session: fashion_mnist_debian is built in it on first use, which takes a minute
+    (70,000 PNG encodings); the tests only read it. tests/test_data_pipeline.py checks the build in its own."""
     return str(tmp_path_factory.mktemp("tfds"))
 
 

@@ -33,6 +33,11 @@ def images(shape, seed=0):
     return jnp.asarray(np.random.default_rng(seed).normal(size=shape).astype(np.float32))
 
 
+# Checks of ghostnetv3_050 whose point is not the input size use one shape, so that equal networks (its deploy form
+# whatever the branches; the model with XLA's convs) reuse one compiled forward (tests/conftest.py's jit_forward).
+V3_SHAPE = (2, 96, 80, 3)
+
+
 def test_registry_lists_the_timm_names():
     assert sorted(list_models()) == sorted(SPEC_COUNTS)
 
@@ -62,7 +67,7 @@ def test_fused_v3_equals_multi_branch_v3_in_eval_mode(name):
     model = create_model(name, rngs=nnx.Rngs(1))
     randomise_jax_batchnorm(model, seed=1)
     model.eval()
-    x = images((2, 96, 80, 3))
+    x = images(V3_SHAPE)
     expected = jit_forward(model, x)
     deployed = fuse(model)
     assert not any(isinstance(m, RepConv) for _, m in nnx.iter_graph(deployed))
@@ -95,7 +100,7 @@ def test_v3_ablation_overrides_change_branches_and_still_fuse_exactly(overrides)
     assert count_params(fuse(model)) == 2_853_176
     randomise_jax_batchnorm(model, seed=2)
     model.eval()
-    x = images((1, 64, 64, 3))
+    x = images(V3_SHAPE)
     np.testing.assert_allclose(np.asarray(jit_forward(fuse(model), x)), np.asarray(jit_forward(model, x)), atol=1e-5)
 
 
@@ -175,7 +180,7 @@ def test_fast_conv_paths_give_the_same_network_in_eval_mode():
     model = create_model("ghostnetv3_050", rngs=nnx.Rngs(5))
     randomise_jax_batchnorm(model, seed=5)
     model.eval()
-    x = images((2, 64, 48, 3))
+    x = images(V3_SHAPE)
     fast = np.asarray(jit_forward(model, x))
     model.set_attributes(impl="xla", raise_if_not_found=False)
     np.testing.assert_allclose(fast, np.asarray(jit_forward(model, x)), rtol=1e-5, atol=1e-5)

@@ -78,6 +78,8 @@ def test_bfloat16_logits_are_close_to_float32_on_the_same_weights(name, override
 
 
 def loss_and_grads(model: nnx.Module, images: jax.Array, labels: jax.Array):
+    """(loss, gradients, BatchNorm statistics) of one train-mode step, and XLA's own count of the floating-point
+    operations of that compiled step (one compilation serves both)."""
     graphdef, params, batch_stats, rest = split_model(model)
 
     def loss_fn(params):
@@ -85,19 +87,10 @@ def loss_and_grads(model: nnx.Module, images: jax.Array, labels: jax.Array):
         logits = model(images)
         return cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1])).mean(), nnx.state(model, nnx.BatchStat)
 
-    (loss, stats), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
-    return loss, grads, stats
-
-
-def gradient_flops(model: nnx.Module, images: jax.Array) -> float:
-    """XLA's own count of the floating-point operations of the compiled gradient."""
-    graphdef, params, batch_stats, rest = split_model(model)
-
-    def loss_fn(params):
-        return nnx.merge(graphdef, params, batch_stats, rest, copy=True)(images).sum()
-
-    cost = jax.jit(jax.grad(loss_fn)).lower(params).compile().cost_analysis()
-    return (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
+    compiled = jax.jit(jax.value_and_grad(loss_fn, has_aux=True)).lower(params).compile()
+    (loss, stats), grads = compiled(params)
+    cost = compiled.cost_analysis()
+    return (loss, grads, stats), (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
 
 
 def flat(tree) -> np.ndarray:
@@ -126,8 +119,8 @@ def test_bfloat16_train_step_gradients_are_as_close_to_float32_as_timm_amp(timm)
     timm_cosine = cosine(timm_grads(False), timm_grads(True))
     model = from_torch("ghostnet_050", reference.state_dict(), dropout=0.0)
     model.train()
-    loss32, grads32, _ = loss_and_grads(model, jnp.asarray(images), jnp.asarray(labels))
-    loss16, grads16, _ = loss_and_grads(with_dtype(model, "bfloat16"), jnp.asarray(images), jnp.asarray(labels))
+    (loss32, grads32, _), _ = loss_and_grads(model, jnp.asarray(images), jnp.asarray(labels))
+    (loss16, grads16, _), _ = loss_and_grads(with_dtype(model, "bfloat16"), jnp.asarray(images), jnp.asarray(labels))
     assert {leaf.dtype for leaf in jax.tree.leaves(grads16)} == {F32}
     ours = cosine(flat(grads32), flat(grads16))
     assert ours >= timm_cosine - 0.03, (ours, timm_cosine)
@@ -138,9 +131,9 @@ def test_remat_recomputes_and_gives_the_same_loss_gradients_and_statistics():
     model = create_model("ghostnetv2_100", width=0.5, num_classes=10, dropout=0.0)
     images = jnp.asarray(np.random.default_rng(1).normal(size=(8, 48, 48, 3)), jnp.float32)
     labels = jnp.arange(8) % 10
-    plain, plain_flops = loss_and_grads(model, images, labels), gradient_flops(model, images)
+    plain, plain_flops = loss_and_grads(model, images, labels)
     model.remat = "block"
-    remat, remat_flops = loss_and_grads(model, images, labels), gradient_flops(model, images)
+    remat, remat_flops = loss_and_grads(model, images, labels)
     assert remat_flops > plain_flops  # the blocks' forward runs again in the backward pass
     np.testing.assert_allclose(remat[0], plain[0], rtol=1e-6)
     for a, b in zip(jax.tree.leaves(remat[1:]), jax.tree.leaves(plain[1:])):
