@@ -27,12 +27,15 @@ def test_benchmark_runs_both_sides_and_tabulates_the_measured_ratios(tmp_path, m
     for label in (plain, remat):
         ours = rows[label]["ours"]
         assert ours["bytes_per_image"] > ours["lower_bound_bytes_per_image"] > 0 and ours["flops_per_image"] > 0
+        assert ours["temp_bytes"] > 0
     # Recomputing the blocks costs arithmetic: XLA counts more flops for the remat step.
     assert rows[remat]["ours"]["flops_per_image"] > rows[plain]["ours"]["flops_per_image"]
     for label, row in rows.items():
         ours, theirs = row["ours"], row["timm"]
         assert "error" not in ours and "error" not in theirs, row
         assert ours["min_s"] <= ours["median_s"] <= ours["max_s"] and ours["peak_bytes"] > 0
+        for side in (ours, theirs):  # the steps' own peak, after warm-up and compilation: within the lifetime one
+            assert 0 < side["steps_peak_bytes"] <= side["peak_bytes"]
         if row["kind"] == "train":
             assert row["ours_value"][0] == 2 / ours["median_s"]  # img/s = batch / median step time
             ratio = row["ours_value"][0] / row["timm_value"][0]
@@ -41,6 +44,8 @@ def test_benchmark_runs_both_sides_and_tabulates_the_measured_ratios(tmp_path, m
             ratio = row["timm_value"][0] / row["ours_value"][0]
         line = next(line for line in markdown.splitlines() if line.startswith(f"| {label} |"))
         assert re.search(rf"\| {ratio:.2f}x \|", line), line
+        mib = [f"{side['steps_peak_bytes'] / 2**20:.0f} MiB" for side in (ours, theirs)]
+        assert f"| {mib[0]} / {mib[1]} |" in line, line
 
 
 def check_deploy_rows(rows, markdown):
