@@ -3,8 +3,8 @@
     python -m experiments.run [--arms baseline,v1] [--groups reparam] [--seeds 0,1,2] [--scale fashion]
                               [--root DIR] [--teacher CHECKPOINTS] [--shard K/N] [--dry-run] [key=value ...]
 
-`--scale` picks the budget (experiments/scales.py): `fashion`, half an epoch (the default), `fashion_long`, the
-offline preset's 3 epochs with its own arms and a given `--teacher`, or `imagenet`. Each scale keeps its runs
+`--scale` picks the budget (experiments/scales.py): `fashion`, half an epoch (the default), `fashion_long`,
+3 epochs with its own arms and a given `--teacher`, or `imagenet`. Each scale keeps its runs
 and results apart.
 
 Runs go one after another in this process; `--shard K/N` runs every N-th of them, so that N drivers (one
@@ -13,7 +13,8 @@ evaluation at its final step is skipped, so rerunning a command resumes the suit
 half-done run from its checkpoints); a run directory started with a different config is refused rather than
 mixed. `key=value` arguments override config fields of every run, the teacher's too (budget, data paths,
 and the scale's shared fields); they may not touch a factor that an arm sets. A failed arm is reported at
-the end and the others still run.
+the end and the others still run; SIGTERM stops the suite after the current run's checkpoint (exit code 42,
+as `ghostnet_jax.main`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import dataclasses
 import datetime
 import gc
 import logging
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,7 +40,7 @@ from experiments.records import CONFIG, RUN_INFO, TEACHER, final_eval, git_state
 from experiments.scales import SCALES, TEACHER_CONFIG
 from experiments.teacher import check_teacher_directory, record_teacher_accuracy
 from ghostnet_jax.data.pipeline import dataset_info
-from ghostnet_jax.training.loop import step_counts, train_and_evaluate
+from ghostnet_jax.training.loop import PREEMPTED_EXIT_CODE, Preempted, step_counts, train_and_evaluate
 
 RESERVED = ("seed", "distill.teacher")  # set by --seeds and --teacher
 TEACHER_POLL_SECONDS = 60  # how often a shard other than 0 looks for the teacher shard 0 trains
@@ -180,6 +182,8 @@ def run_suite(arm_names: Sequence[str], seeds: Sequence[int] = SEEDS, *, scale: 
             continue
         try:
             trained += execute(run, scale)
+        except Preempted:  # SIGTERM: the run's checkpoint is written; the suite stops, and rerunning resumes it
+            raise
         except Exception as error:
             if run.arm == TEACHER:
                 raise
@@ -225,8 +229,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as error:
         parser.error(str(error))
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes at INFO
-    run_suite(arm_names, args.seeds, scale=args.scale, root=args.root, teacher=args.teacher, extra=extra,
-              shard_of=args.shard, dry_run=args.dry_run)
+    try:
+        run_suite(arm_names, args.seeds, scale=args.scale, root=args.root, teacher=args.teacher, extra=extra,
+                  shard_of=args.shard, dry_run=args.dry_run)
+    except Preempted as preempted:
+        logging.warning("%s; rerun the same command to resume the suite", preempted)
+        sys.exit(PREEMPTED_EXIT_CODE)  # as `python -m ghostnet_jax.main`, for the same supervisor loop
 
 
 if __name__ == "__main__":
