@@ -78,8 +78,8 @@ def test_bfloat16_logits_are_close_to_float32_on_the_same_weights(name, override
 
 
 def loss_and_grads(model: nnx.Module, images: jax.Array, labels: jax.Array):
-    """(loss, gradients, BatchNorm statistics) of one train-mode step, and XLA's own count of the floating-point
-    operations of that compiled step (one compilation serves both)."""
+    """(loss, gradients, BatchNorm statistics) of one train-mode step, XLA's own count of the floating-point
+    operations of that compiled step and its temporary buffer (activations kept for the backward pass)."""
     graphdef, params, batch_stats, rest = split_model(model)
 
     def loss_fn(params):
@@ -90,7 +90,8 @@ def loss_and_grads(model: nnx.Module, images: jax.Array, labels: jax.Array):
     compiled = jax.jit(jax.value_and_grad(loss_fn, has_aux=True)).lower(params).compile()
     (loss, stats), grads = compiled(params)
     cost = compiled.cost_analysis()
-    return (loss, grads, stats), (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
+    flops = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
+    return (loss, grads, stats), flops, compiled.memory_analysis().temp_size_in_bytes
 
 
 def flat(tree) -> np.ndarray:
@@ -119,8 +120,8 @@ def test_bfloat16_train_step_gradients_are_as_close_to_float32_as_timm_amp(timm)
     timm_cosine = cosine(timm_grads(False), timm_grads(True))
     model = from_torch("ghostnet_050", reference.state_dict(), dropout=0.0)
     model.train()
-    (loss32, grads32, _), _ = loss_and_grads(model, jnp.asarray(images), jnp.asarray(labels))
-    (loss16, grads16, _), _ = loss_and_grads(with_dtype(model, "bfloat16"), jnp.asarray(images), jnp.asarray(labels))
+    (loss32, grads32, _), *_ = loss_and_grads(model, jnp.asarray(images), jnp.asarray(labels))
+    (loss16, grads16, _), *_ = loss_and_grads(with_dtype(model, "bfloat16"), jnp.asarray(images), jnp.asarray(labels))
     assert {leaf.dtype for leaf in jax.tree.leaves(grads16)} == {F32}
     ours = cosine(flat(grads32), flat(grads16))
     assert ours >= timm_cosine - 0.03, (ours, timm_cosine)
@@ -131,10 +132,12 @@ def test_remat_recomputes_and_gives_the_same_loss_gradients_and_statistics():
     model = create_model("ghostnetv2_100", width=0.5, num_classes=10, dropout=0.0)
     images = jnp.asarray(np.random.default_rng(1).normal(size=(8, 48, 48, 3)), jnp.float32)
     labels = jnp.arange(8) % 10
-    plain, plain_flops = loss_and_grads(model, images, labels)
+    plain, plain_flops, plain_temp = loss_and_grads(model, images, labels)
     model.remat = "block"
-    remat, remat_flops = loss_and_grads(model, images, labels)
-    assert remat_flops > plain_flops  # the blocks' forward runs again in the backward pass
+    remat, remat_flops, remat_temp = loss_and_grads(model, images, labels)
+    # The blocks' forward runs again in the backward pass, and the compiled step keeps fewer activations:
+    # nnx.remat's recomputation was merged back into the forward by XLA's CPU compiler (same buffer either way).
+    assert remat_flops > 1.15 * plain_flops and remat_temp < 0.6 * plain_temp, (remat_temp, plain_temp)
     np.testing.assert_allclose(remat[0], plain[0], rtol=1e-6)
     for a, b in zip(jax.tree.leaves(remat[1:]), jax.tree.leaves(plain[1:])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(jnp.abs(b).max())))

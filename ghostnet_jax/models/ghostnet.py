@@ -25,6 +25,7 @@ from ghostnet_jax.models.layers import (
     make_divisible,
     torch_linear,
 )
+from ghostnet_jax.models.remat import remat_call
 from ghostnet_jax.models.reparam import RepConv
 
 # (kernel, expansion, out, se_ratio, stride) per block, grouped in stages: the reference's `cfgs`.
@@ -200,9 +201,6 @@ def _call_block(block: nnx.Module, x: jax.Array) -> jax.Array:
     return block(x)
 
 
-_remat_block = nnx.remat(_call_block)
-
-
 class GhostNet(nnx.Module):
     """The GhostNet classifier. Inputs are NHWC images; the output is float32 logits (or features if num_classes=0).
 
@@ -279,7 +277,7 @@ class GhostNet(nnx.Module):
         """Stem and bottlenecks and the final 1x1 conv: the (N, H/32, W/32, 960*width) feature map."""
         self.check_input(x.shape)
         x = jax.nn.relu(self.stem(x))
-        call = _remat_block if self.remat == "block" else _call_block
+        call = remat_call if self.remat == "block" else _call_block
         for stage in self.blocks:
             for block in stage:
                 x = call(block, x)
