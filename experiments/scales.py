@@ -3,7 +3,7 @@
 `fashion` is sized for a 2-core CPU, where a V3 0.5x epoch at 40 px takes about 5 minutes: half an
 epoch of Fashion-MNIST per arm (234 steps of 128), evaluated four times for the curves, without RandAugment or erasing (as the
 offline preset: too short a training for them; the augmentation arms measure it). `fashion_long` measures
-again, at the offline student preset's own length (3 epochs, six times the budget, evaluated 8 times), the
+again, at six times the budget (3 epochs, the offline student preset's length when the suite was set; evaluated 8 times), the
 claims that half an epoch cannot settle, with a strong teacher given by `--teacher` (e.g. a ResNet trained on
 the dataset). `imagenet` is the papers' setting: the full recipe of configs/v3.py (600 epochs at 224 px,
 RandAugment and erasing) with a teacher given by `--teacher`.

@@ -17,7 +17,7 @@ import numpy as np
 UPSAMPLE_METHODS = ("bilinear", "nearest")
 
 
-def batch_count(x: jax.Array, axis_name: str | None):
+def batch_count(x: jax.Array, axis_name: str | None) -> int | jax.Array:
     """How many values each channel's batch statistics average over (all devices' along `axis_name`)."""
     count = math.prod(x.shape[:-1])
     return count if axis_name is None else count * jax.lax.psum(1, axis_name)
