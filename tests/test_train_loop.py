@@ -28,8 +28,10 @@ def tiny_config(data_dir, **changes):
     config.data.update(data_dir=data_dir, train_split="train[:256]", eval_split="test[:64]", image_size=36)
     config.data.update(num_train=256, num_eval=64)
     config.batch_size = 32
-    config.num_epochs = 1.0  # 8 steps: the schedule, and so every step, does not depend on max_steps
-    config.update(log_every_steps=1, checkpoint_every_steps=2, eval_every_epochs=1.0, keep_checkpoints=3)
+    # 8 of the 16 steps of 2 epochs. The learning-rate schedule is a constant of the compiled train step and does
+    # not depend on max_steps: every run of this config, 2 steps or 16 (tests/test_multihost.py), shares one program.
+    config.num_epochs = 2.0
+    config.update(max_steps=8, log_every_steps=1, checkpoint_every_steps=2, eval_every_epochs=1.0, keep_checkpoints=3)
     config.update(changes)
     return config
 
