@@ -33,9 +33,12 @@ def images(shape, seed=0):
     return jnp.asarray(np.random.default_rng(seed).normal(size=shape).astype(np.float32))
 
 
-# Checks of ghostnetv3_050 whose point is not the input size use one shape, so that equal networks (its deploy form
-# whatever the branches; the model with XLA's convs) reuse one compiled forward (tests/conftest.py's jit_forward).
-V3_SHAPE = (2, 96, 80, 3)
+# Checks of V3 whose point is neither the input size nor the DFC upsampling use the converted models' shape and
+# rule (tests/test_convert.py: the non-square size, PyTorch's nearest upsampling), so that equal networks (a
+# variant, its deploy form whatever the branches) reuse one compiled forward: tests/conftest.py's jit_forward in
+# a module, the session's persistent compilation cache across modules.
+V3_SHAPE = (2, 200, 136, 3)
+V3_UPSAMPLE = {"dfc_upsample": "nearest"}
 
 
 def test_registry_lists_the_timm_names():
@@ -45,12 +48,16 @@ def test_registry_lists_the_timm_names():
 @pytest.mark.parametrize("name", list(SPEC_COUNTS))
 def test_param_and_mac_counts_equal_the_reference(name):
     params, macs, deploy_params, deploy_macs = SPEC_COUNTS[name]
-    # Counting needs shapes only: abstract models (nnx.eval_shape) skip initialising millions of weights.
-    model = nnx.eval_shape(lambda: create_model(name))
+    # Counting needs shapes only: abstract models (nnx.eval_shape) skip initialising millions of weights, and one
+    # abstract build serves both forms (fuse copies its input).
+    def build():
+        model = create_model(name)
+        return model, (fuse(model) if deploy_params is not None else None)
+
+    model, deployed = nnx.eval_shape(build)
     assert count_params(model) == params
     assert count_macs(model, 224) == macs
     if deploy_params is not None:
-        deployed = nnx.eval_shape(lambda: fuse(create_model(name)))
         assert count_params(deployed) == deploy_params
         assert count_macs(deployed, 224) == deploy_macs
 
@@ -64,7 +71,7 @@ def test_headless_model_drops_exactly_the_classifier():
 
 @pytest.mark.parametrize("name", V3_NAMES)
 def test_fused_v3_equals_multi_branch_v3_in_eval_mode(name):
-    model = create_model(name, rngs=nnx.Rngs(1))
+    model = create_model(name, rngs=nnx.Rngs(1), **V3_UPSAMPLE)
     randomise_jax_batchnorm(model, seed=1)
     model.eval()
     x = images(V3_SHAPE)
@@ -87,7 +94,7 @@ def test_fused_v3_equals_multi_branch_v3_in_eval_mode(name):
 )
 def test_v3_ablation_overrides_change_branches_and_still_fuse_exactly(overrides):
     base = nnx.eval_shape(lambda: create_model("ghostnetv3_050"))
-    model = create_model("ghostnetv3_050", rngs=nnx.Rngs(2), **overrides)
+    model = create_model("ghostnetv3_050", rngs=nnx.Rngs(2), **overrides, **V3_UPSAMPLE)
     sites = [m for _, m in nnx.iter_graph(model) if isinstance(m, RepConv)]
     assert all(len(site.branches) == overrides.get("num_conv_branches", 3) for site in sites)
     assert any(site.scale_branch is not None for site in sites) == overrides.get("scale_branch", True)
@@ -177,7 +184,7 @@ def test_wrong_input_layout_is_named():
 
 def test_fast_conv_paths_give_the_same_network_in_eval_mode():
     """impl='auto' (1x1 convs as matmuls, depthwise as shifted multiply-adds on CPU) against XLA's convs."""
-    model = create_model("ghostnetv3_050", rngs=nnx.Rngs(5))
+    model = create_model("ghostnetv3_050", rngs=nnx.Rngs(5), **V3_UPSAMPLE)
     randomise_jax_batchnorm(model, seed=5)
     model.eval()
     x = images(V3_SHAPE)

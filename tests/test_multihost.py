@@ -25,7 +25,7 @@ EXIT_BOUND_S = 30  # a Cloud preemption notice gives about 30 s from SIGTERM to 
 
 
 def run_config(data_dir, **changes):
-    return tiny_config(data_dir, **{"num_epochs": 2.0, "checkpoint_every_steps": 4, "keep_checkpoints": 4} | changes)
+    return tiny_config(data_dir, **{"max_steps": None, "checkpoint_every_steps": 4, "keep_checkpoints": 4} | changes)
 
 
 def cli_flags(config) -> list[str]:

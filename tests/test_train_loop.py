@@ -16,7 +16,7 @@ from configs import resnet, v1
 from ghostnet_jax.checkpoint import load_model, model_spec, save_model
 from ghostnet_jax.models import create_model
 from ghostnet_jax.models.resnet import ResNet
-from ghostnet_jax.training.loop import NonFiniteLossError, train_and_evaluate
+from ghostnet_jax.training.loop import NonFiniteLossError, _all_finite, train_and_evaluate
 from ghostnet_jax.training.teacher import load_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,8 +28,10 @@ def tiny_config(data_dir, **changes):
     config.data.update(data_dir=data_dir, train_split="train[:256]", eval_split="test[:64]", image_size=36)
     config.data.update(num_train=256, num_eval=64)
     config.batch_size = 32
-    config.num_epochs = 1.0  # 8 steps: the schedule, and so every step, does not depend on max_steps
-    config.update(log_every_steps=1, checkpoint_every_steps=2, eval_every_epochs=1.0, keep_checkpoints=3)
+    # 8 of the 16 steps of 2 epochs. The learning-rate schedule is a constant of the compiled train step and does
+    # not depend on max_steps: every run of this config, 2 steps or 16 (tests/test_multihost.py), shares one program.
+    config.num_epochs = 2.0
+    config.update(max_steps=8, log_every_steps=1, checkpoint_every_steps=2, eval_every_epochs=1.0, keep_checkpoints=3)
     config.update(changes)
     return config
 
@@ -81,6 +83,15 @@ def test_non_finite_loss_stops_the_run_and_is_never_checkpointed(data_dir, tmp_p
         for step in manager.all_steps():
             state = manager.restore(step, args=ocp.args.Composite(train_state=ocp.args.StandardRestore()))
             assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state["train_state"]["params"]))
+
+
+def test_the_checkpoint_guard_finds_any_non_finite_leaf():
+    tree = ({"a": np.ones((2, 3), np.float32), "b": [np.zeros(4, np.float32)]}, {"c": np.full((1,), 2.0, np.float32)})
+    assert bool(_all_finite(tree))
+    for bad in (np.nan, np.inf, -np.inf):
+        broken = jax.tree.map(np.copy, tree)
+        broken[0]["b"][0][3] = bad
+        assert not bool(_all_finite(broken)), bad
 
 
 def test_invalid_config_and_missing_teacher_fail_before_training(data_dir, tmp_path):

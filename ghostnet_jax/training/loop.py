@@ -95,8 +95,9 @@ class Evaluator:
 
 @jax.jit
 def _all_finite(tree) -> jax.Array:
-    """One compiled reduction (op-by-op it compiled a kernel per leaf shape, seconds at the first checkpoint)."""
-    return jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda x: jnp.isfinite(x).all(), tree))
+    """One compiled reduction over all leaves laid end to end: op-by-op it compiled a kernel per leaf shape, and a
+    reduction per leaf compiles a kernel per leaf (V3 1.0x: 1630 of them, a minute on a 2-core CPU; this: 2 s)."""
+    return jnp.isfinite(jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])).all()
 
 
 @jax.jit
