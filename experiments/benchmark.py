@@ -26,7 +26,6 @@ import functools
 import io
 import json
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -50,37 +49,40 @@ ROW_KEYS = ("label", "kind", "model", "threads")  # what a table row keeps of it
 
 def timed(fn: Callable[[], object], warmup: int, repeats: int) -> dict:
     """First-call seconds, then per-iteration seconds (median, min, max) over `repeats` after `warmup`; on Linux
-    also the process's peak RSS over those timed iterations alone (`steps_peak_bytes`, see `reset_peak_rss`)."""
+    also the process's peak RSS before the timed iterations (`warmup_peak_bytes`: start-up, compilation, warm-up)
+    and over them alone (`steps_peak_bytes`), see `reset_peak_rss`."""
     start = time.perf_counter()
     fn()
     first = time.perf_counter() - start
     for _ in range(warmup):
         fn()
-    resettable = reset_peak_rss()
+    warmup_peak = reset_peak_rss()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    steps_peak = {"steps_peak_bytes": peak_rss()} if resettable else {}
-    return {"first_s": first, "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)} | steps_peak
+    peaks = {} if warmup_peak is None else {"warmup_peak_bytes": warmup_peak, "steps_peak_bytes": peak_rss()}
+    return {"first_s": first, "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)} | peaks
 
 
-def reset_peak_rss() -> bool:
-    """Sets the kernel's peak-RSS mark (VmHWM) to the current RSS, so that a later `peak_rss()` is the peak of what
-    runs after this call: the steps alone, without compilation (XLA's compiler, LLVM, is most of our process's
-    lifetime peak at 224 px) or timm's eager warm-up. Linux only (`/proc/self/clear_refs`, value 5); False elsewhere."""
+def reset_peak_rss() -> int | None:
+    """Returns the peak RSS so far and sets the kernel's peak-RSS mark (VmHWM) to the current RSS, so that a later
+    `peak_rss()` is the peak of what runs after this call: the steps alone, without compilation or timm's eager
+    warm-up. The reset also resets `getrusage`'s `ru_maxrss`, so the lifetime peak is the larger of the two.
+    Linux only (`/proc/self/clear_refs`, value 5); None elsewhere."""
+    before = peak_rss()
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
-        return False
-    return True
+        return None
+    return before
 
 
 def peak_rss() -> int:
-    """The process's peak RSS in bytes since start or the last `reset_peak_rss()` (VmHWM)."""
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1)) * 1024
+    """The process's peak RSS in bytes since start or the last `reset_peak_rss()` (`ru_maxrss`, which on Linux
+    follows the kernel's VmHWM mark)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def random_images(batch: int, size: int, seed: int = 0) -> np.ndarray:
@@ -227,7 +229,7 @@ def ours_peak_memory() -> tuple[int, bool]:
 
     device = jax.devices()[0]
     if device.platform == "cpu":
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, True
+        return peak_rss(), True
     return int(device.memory_stats().get("peak_bytes_in_use", 0)), False
 
 
@@ -302,7 +304,7 @@ def timm_peak_memory() -> tuple[int, bool]:
 
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated()), False
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, True
+    return peak_rss(), True
 
 
 # --- input pipelines ---------------------------------------------------------------------------------------
@@ -426,9 +428,10 @@ def measure(job: dict) -> dict:
         fn = ours_pipeline if side == "ours" else timm_pipeline
         return fn(job["workers"], job["batch"], job["images"], job["repeats"])
     peak, on_host = ours_peak_memory() if side == "ours" else timm_peak_memory()
+    warmup_peak = result.pop("warmup_peak_bytes", 0)
     if not on_host:
         result.pop("steps_peak_bytes", None)  # the host's RSS says nothing about the device's memory
-    return result | {"peak_bytes": peak}
+    return result | {"peak_bytes": max(peak, warmup_peak) if on_host else peak}
 
 
 def inference_variants(models: list[str]) -> list[tuple[str, str, bool]]:
