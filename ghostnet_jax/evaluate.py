@@ -22,6 +22,7 @@ from flax import nnx
 from ghostnet_jax.checkpoint import load_model
 from ghostnet_jax.data import model_inputs, pipeline
 from ghostnet_jax.storage import storage_path
+from ghostnet_jax.training.compilation_cache import default_directory, use_compilation_cache
 from ghostnet_jax.training.steps import top_k_correct
 
 
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = build_parser()
     args = parser.parse_args(argv)
+    use_compilation_cache(default_directory())
     if not storage_path(args.checkpoint).is_dir():  # a local path or a URL such as gs://
         parser.error(f"--checkpoint {args.checkpoint!r} is not a directory")
     model, spec = load_model(args.checkpoint, step=args.step, dtype=args.dtype)

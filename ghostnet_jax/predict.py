@@ -21,6 +21,7 @@ from flax import nnx
 from ghostnet_jax.checkpoint import load_model
 from ghostnet_jax.data import model_inputs, pipeline, transforms
 from ghostnet_jax.evaluate import add_transform_arguments, apply_checkpoint_inputs
+from ghostnet_jax.training.compilation_cache import default_directory, use_compilation_cache
 
 
 def load_image(path: str, *, channels: int, image_size: int, crop_pct: float, interpolation: str,
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> list[list[tuple[str, float]]]:
     parser.add_argument("--labels", default=None, help="TFDS dataset whose label names to print")
     add_transform_arguments(parser)
     args = parser.parse_args(argv)
+    use_compilation_cache(default_directory())
     model, spec = load_model(args.checkpoint)
     recorded = apply_checkpoint_inputs(args, spec)
     channels = spec["overrides"].get("in_chans", 3)
