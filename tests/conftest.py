@@ -11,11 +11,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the session, this process and the runs it starts (the training configs'
 # default follows XDG_CACHE_HOME): tests that compile the same program, e.g. every run of one tiny training
 # config, compile it once. Never the user's own cache.
+# `use_compilation_cache` (here and in every run a test starts) keeps every program, however quickly it compiled:
+# the hundreds of small eager programs that each training run, module (after jax.clear_caches) and subprocess would
+# otherwise compile again are loaded (450 of them: 110 s compiled, 25 s loaded, on the loaded 2-core machine).
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ghostnet_jax_tests_")
-# Every program goes into that cache, however quickly it compiled (JAX's default keeps only those over 1 s): the
-# hundreds of small eager programs that each training run, module (after jax.clear_caches) and subprocess would
-# otherwise compile again then load (450 of them: 110 s compiled, 25 s loaded, on the loaded 2-core machine).
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 # torch (through timm) must be imported before tensorflow: the other order segfaults in this stack.
 import timm  # noqa: F401

@@ -9,8 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # A fresh process (JAX reads the cache directory once per process) runs one eager operation, which compiles in
-# milliseconds: JAX's default threshold would leave it out of the cache. The process gets JAX's default threshold,
-# not the one conftest.py sets for the tests' own processes.
+# milliseconds: JAX's default threshold would leave it out of the cache. A threshold set in the environment (which
+# `use_compilation_cache` respects) is removed, so that the process starts from JAX's default.
 PROGRAM = """
 import sys
 import jax
