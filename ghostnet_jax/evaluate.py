@@ -22,7 +22,7 @@ from flax import nnx
 from ghostnet_jax.checkpoint import load_model
 from ghostnet_jax.data import model_inputs, pipeline
 from ghostnet_jax.storage import storage_path
-from ghostnet_jax.training.compilation_cache import default_directory, use_compilation_cache
+from ghostnet_jax.training.compilation_cache import add_cache_argument, use_compilation_cache
 from ghostnet_jax.training.steps import top_k_correct
 
 
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir (default: TFDS's)")
     parser.add_argument("--split", default="validation", help="eval split, e.g. 'validation' or 'test[:1000]'")
     add_transform_arguments(parser)
+    add_cache_argument(parser)
     parser.add_argument("--batch-size", type=int, default=64, help="global batch size (a multiple of the devices)")
     parser.add_argument("--dtype", default=None, help="compute dtype (default: the checkpoint's)")
     return parser
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = build_parser()
     args = parser.parse_args(argv)
-    use_compilation_cache(default_directory())
+    use_compilation_cache(args.compilation_cache_dir)
     if not storage_path(args.checkpoint).is_dir():  # a local path or a URL such as gs://
         parser.error(f"--checkpoint {args.checkpoint!r} is not a directory")
     model, spec = load_model(args.checkpoint, step=args.step, dtype=args.dtype)

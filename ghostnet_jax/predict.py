@@ -21,7 +21,7 @@ from flax import nnx
 from ghostnet_jax.checkpoint import load_model
 from ghostnet_jax.data import model_inputs, pipeline, transforms
 from ghostnet_jax.evaluate import add_transform_arguments, apply_checkpoint_inputs
-from ghostnet_jax.training.compilation_cache import default_directory, use_compilation_cache
+from ghostnet_jax.training.compilation_cache import add_cache_argument, use_compilation_cache
 
 
 def load_image(path: str, *, channels: int, image_size: int, crop_pct: float, interpolation: str,
@@ -50,8 +50,9 @@ def main(argv: list[str] | None = None) -> list[list[tuple[str, float]]]:
     parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP)")
     parser.add_argument("--labels", default=None, help="TFDS dataset whose label names to print")
     add_transform_arguments(parser)
+    add_cache_argument(parser)
     args = parser.parse_args(argv)
-    use_compilation_cache(default_directory())
+    use_compilation_cache(args.compilation_cache_dir)
     model, spec = load_model(args.checkpoint)
     recorded = apply_checkpoint_inputs(args, spec)
     channels = spec["overrides"].get("in_chans", 3)

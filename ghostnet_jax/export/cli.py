@@ -24,7 +24,7 @@ from ghostnet_jax.export.deploy import inference_function
 from ghostnet_jax.export.litert import export_litert
 from ghostnet_jax.export.onnx_format import export_onnx, quantize_onnx
 from ghostnet_jax.export.stablehlo import export_stablehlo
-from ghostnet_jax.training.compilation_cache import default_directory, use_compilation_cache
+from ghostnet_jax.training.compilation_cache import add_cache_argument, use_compilation_cache
 
 FORMATS = ("onnx", "tflite", "stablehlo")
 
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration-steps", type=int, default=8, help="calibration batches")
     parser.add_argument("--calibration-batch-size", type=int, default=32)
     add_transform_arguments(parser)
+    add_cache_argument(parser)
     return parser
 
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> str:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_arguments(parser, args)
-    use_compilation_cache(default_directory())
+    use_compilation_cache(args.compilation_cache_dir)
     write_file(export(args), args.output, replace=args.force)
     print(f"wrote {args.output} ({args.format}{', int8' if args.int8 else ''})")
     return args.output

@@ -6,14 +6,26 @@ programs by their HLO, so runs that differ only in seed, data or step share them
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import jax
 
 
 def default_directory() -> str:
-    """`$XDG_CACHE_HOME/ghostnet_jax/xla`, or `~/.cache/ghostnet_jax/xla` (the XDG default)."""
+    """JAX's own `$JAX_COMPILATION_CACHE_DIR` where the user set it (so that pointing the cache elsewhere works
+    for every entry point), else `$XDG_CACHE_HOME/ghostnet_jax/xla`, or `~/.cache/ghostnet_jax/xla` (the XDG
+    default)."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
     return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ghostnet_jax", "xla")
+
+
+def add_cache_argument(parser: argparse.ArgumentParser) -> None:
+    """`--compilation-cache-dir`, shared by the evaluate, predict and export commands (training has
+    `--config.compilation_cache_dir`)."""
+    parser.add_argument("--compilation-cache-dir", default=default_directory(),
+                        help="JAX's persistent compilation cache (default: %(default)s; '' leaves JAX's own setting)")
 
 
 def use_compilation_cache(directory: str) -> None:
