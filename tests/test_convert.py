@@ -9,9 +9,9 @@ import torch
 from flax import nnx
 
 from conftest import jit_forward, randomise_torch_batchnorm
-from ghostnet_jax.checkpoint import load_model
+from ghostnet_jax.checkpoint import load_model, model_spec, save_model
 from ghostnet_jax.convert import from_torch, main as convert_main
-from ghostnet_jax.models import list_models
+from ghostnet_jax.models import create_model, list_models
 
 SIZES = [(224, 224), (200, 136)]  # square, and non-square with odd maps in the DFC stages
 
@@ -131,6 +131,11 @@ def test_cli_writes_an_orbax_checkpoint_that_restores_the_same_model(timm, tmp_p
     np.testing.assert_allclose(data["mean"] + data["std"], [*pretrained["mean"], *pretrained["std"]])
     assert len(data["labels"]) == 1000 and data["labels"][:2] == ["n01440764", "n01443537"]
     assert_matches(model, *reference_logits(torch_model, SIZES[0]))  # the parity test's compiled forward
+    # Built as shapes, the loaded network still has a concrete dropout stream: in train mode two calls draw
+    # different masks.
+    model.train()
+    x = np.random.default_rng(1).normal(size=(2, 40, 40, 3)).astype(np.float32)
+    assert not np.allclose(np.asarray(jit_forward(model, x)), np.asarray(jit_forward(model, x)))
 
 
 def test_cli_writes_nothing_on_error(timm, tmp_path):
@@ -153,3 +158,11 @@ def test_loading_a_missing_checkpoint_names_the_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no complete checkpoint"):
         load_model(tmp_path / "empty")
+
+
+def test_a_checkpoint_that_does_not_match_its_spec_is_an_error_naming_both(tmp_path):
+    """The network is built from the spec as shapes only; weights of another width must still be refused."""
+    spec = model_spec("ghostnet_100", num_classes=10, overrides={}, fused=False)
+    save_model(tmp_path / "mislabelled", create_model("ghostnet_050", num_classes=10), spec)
+    with pytest.raises(ValueError, match=r"mislabelled step 0 does not match its spec \{'name': 'ghostnet_100'"):
+        load_model(tmp_path / "mislabelled")
