@@ -9,6 +9,7 @@ configuration, e.g. to load a distillation teacher.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import jax
@@ -78,7 +79,8 @@ def load_model(
     directory = storage_path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoint directory at {directory}")
-    with ocp.CheckpointManager(directory) as manager:
+    handlers = {MODEL_ITEM: ocp.StandardCheckpointHandler(), SPEC_ITEM: ocp.JsonCheckpointHandler()}
+    with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
         step = manager.latest_step() if step is None else step
         if step is None or step not in manager.all_steps():
             raise FileNotFoundError(f"{directory} holds no complete checkpoint{'' if step is None else f' at step {step}'}")
@@ -89,14 +91,42 @@ def load_model(
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
                                 weights.to_pure_dict())
-        try:
-            restored = manager.restore(
-                step, args=ocp.args.Composite(**{MODEL_ITEM: ocp.args.StandardRestore(abstract)})
-            )[MODEL_ITEM]
-        except Exception as error:  # Orbax raises several types for a tree or shape mismatch
-            raise ValueError(f"checkpoint {directory} step {step} does not match its spec {spec}: {error}") from error
+        problems = _shape_problems(_shapes(abstract), _shapes(manager.item_metadata(step)[MODEL_ITEM]))
+        if problems:  # checked before restoring: a failed Orbax restore left a callback for a closed event loop
+            raise ValueError(f"checkpoint {directory} step {step} does not match its spec {spec}:\n  "
+                             + "\n  ".join(problems))
+        restored = manager.restore(
+            step, args=ocp.args.Composite(**{MODEL_ITEM: ocp.args.StandardRestore(abstract)})
+        )[MODEL_ITEM]
     nnx.replace_by_pure_dict(weights, restored)
     return nnx.merge(graphdef, weights, seeded(rng_state)), spec
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """Dotted path -> shape of every array (or array metadata) in a nested dict."""
+    return {".".join(str(key.key) for key in path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _format_keys(title: str, keys: list[str], limit: int = 20) -> str:
+    shown = ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+    return f"{title} ({len(keys)}): {shown}"
+
+
+def key_problems(expected: Collection[str], found: Collection[str], mismatched: list[str]) -> list[str]:
+    """'missing (n): ...', 'unexpected (n): ...' and 'wrong shape (n): ...' lines (at most 20 keys each) for the
+    keys of `expected` that `found` lacks, those it has in excess, and the given `mismatched` descriptions;
+    empty when everything matches. Shared by `load_model` and the converter."""
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    return [_format_keys(title, keys)
+            for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)) if keys]
+
+
+def _shape_problems(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """`key_problems` for two key -> shape maps."""
+    mismatched = [f"{key} {found[key]} (expected {shape})"
+                  for key, shape in sorted(expected.items()) if key in found and found[key] != shape]
+    return key_problems(expected, found, mismatched)
 
 
 def seeded(rng_state: nnx.State) -> nnx.State:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ghostnet_jax.checkpoint import model_spec, save_model
+from ghostnet_jax.checkpoint import key_problems, model_spec, save_model
 from ghostnet_jax.data import model_inputs
 from ghostnet_jax.models import allowed_overrides, create_model, fuse
 from ghostnet_jax.models.registry import teacher_family
@@ -117,11 +117,6 @@ def _is_deploy_form(arrays: Mapping[str, np.ndarray]) -> bool:
     return has_fused
 
 
-def _format_keys(title: str, keys: list[str], limit: int = 20) -> str:
-    shown = ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-    return f"{title} ({len(keys)}): {shown}"
-
-
 def from_torch(
     name: str, state_dict: Mapping[str, Any], *, use_ema: bool = True, num_classes: int | None = None, **overrides: Any
 ) -> GhostNet:
@@ -176,9 +171,6 @@ def load_variables(model: nnx.Module, arrays: Mapping[str, np.ndarray], key_of: 
         for path, var in nnx.iter_graph(model)
         if isinstance(var, (nnx.Param, nnx.BatchStat))
     ]
-    expected = {key for key, _ in variables}
-    missing = sorted(expected - arrays.keys())
-    unexpected = sorted(arrays.keys() - expected)
     mismatched = []
     converted = {}
     for key, var in variables:
@@ -187,12 +179,8 @@ def load_variables(model: nnx.Module, arrays: Mapping[str, np.ndarray], key_of: 
             if value.shape != var.value.shape:
                 mismatched.append(f"{key} {tuple(arrays[key].shape)} (expected {tuple(var.value.shape)})")
             converted[key] = value
-    if missing or unexpected or mismatched:
-        problems = [
-            _format_keys(title, keys)
-            for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched))
-            if keys
-        ]
+    problems = key_problems([key for key, _ in variables], arrays.keys(), mismatched)
+    if problems:
         raise ValueError(f"checkpoint does not match {described}:\n  " + "\n  ".join(problems))
     for key, var in variables:
         var.value = jnp.asarray(converted[key])

@@ -164,5 +164,9 @@ def test_a_checkpoint_that_does_not_match_its_spec_is_an_error_naming_both(tmp_p
     """The network is built from the spec as shapes only; weights of another width must still be refused."""
     spec = model_spec("ghostnet_100", num_classes=10, overrides={}, fused=False)
     save_model(tmp_path / "mislabelled", create_model("ghostnet_050", num_classes=10), spec)
-    with pytest.raises(ValueError, match=r"mislabelled step 0 does not match its spec \{'name': 'ghostnet_100'"):
+    with pytest.raises(ValueError, match=r"mislabelled step 0 does not match its spec \{'name': 'ghostnet_100'") as error:
         load_model(tmp_path / "mislabelled")
+    # the same layers at half the width: every key is there, shapes listed in key order (HWIO kernels)
+    message = str(error.value)
+    assert "\n  wrong shape (" in message and "missing" not in message and "unexpected" not in message
+    assert "blocks.0.0.ghost2.primary_conv.conv.kernel (1, 1, 8, 4) (expected (1, 1, 16, 8))" in message
