@@ -40,6 +40,7 @@ from experiments.records import CONFIG, RUN_INFO, TEACHER, final_eval, git_state
 from experiments.scales import SCALES, TEACHER_CONFIG
 from experiments.teacher import check_teacher_directory, record_teacher_accuracy
 from ghostnet_jax.data.pipeline import dataset_info
+from ghostnet_jax.training.config_diff import config_differences
 from ghostnet_jax.training.loop import PREEMPTED_EXIT_CODE, Preempted, step_counts, train_and_evaluate
 
 RESERVED = ("seed", "distill.teacher")  # set by --seeds and --teacher
@@ -126,8 +127,10 @@ def execute(run: Run, scale: str) -> bool:
     """Trains `run` unless it has finished; returns whether it trained. Records each attempt in run_info.json."""
     config = run.config()
     config_file = run.workdir / CONFIG
-    if config_file.exists() and config_file.read_text() != config.to_json_best_effort(indent=2):
-        raise ValueError(f"{run.workdir} holds a run of another config: delete it or choose another --root")
+    differences = config_differences(read_json(config_file), config.to_dict())
+    if differences:
+        raise ValueError(f"{run.workdir} holds a run of another config ({'; '.join(differences)}): delete it or "
+                         "choose another --root")
     end_step = _end_step(run)
     if final_eval(run.workdir, end_step) is not None:
         print(f"{run.arm} seed {run.seed}: finished at step {end_step}, skipped", flush=True)

@@ -5,6 +5,7 @@ an untrained ResNet teacher)."""
 import json
 import math
 import shlex
+import shutil
 import subprocess
 
 import pytest
@@ -15,7 +16,7 @@ from ml_collections import config_flags
 from experiments import budgets, report, run
 from experiments.arms import ARMS, RECIPE, SEEDS, WIDTH_SERIES, augmentation, select
 from experiments.claims import CLAIMS
-from experiments.records import METRICS, REPO, RUN_INFO, TEACHER, TEACHER_EVAL, eval_records, run_dir
+from experiments.records import CONFIG, METRICS, REPO, RUN_INFO, TEACHER, TEACHER_EVAL, eval_records, run_dir
 from experiments.overrides import load_config
 from experiments.scales import LONG_ARMS, SCALES
 from experiments.stats import AGREES, DISAGREES, INCONCLUSIVE, NOT_RUN, difference, overall
@@ -263,6 +264,24 @@ def test_rerunning_the_driver_skips_finished_runs(suite):
     assert sorted(str(path.relative_to(root)) for path in first) == sorted(
         [f"{name}/seed0/{file}" for name in ARMS_UNDER_TEST for file in (METRICS, RUN_INFO)] + [TEACHER_EVAL]
     )
+
+
+def test_a_run_directory_of_another_config_is_refused_naming_the_field_but_another_cache_directory_is_not(
+        suite, tmp_path):
+    # A finished run, copied: the same config is skipped whatever this machine's compilation cache directory
+    # (not what the run computes), and a changed training field is refused, by name, before anything trains.
+    root = suite[0]
+    workdir = tmp_path / "v1"
+    shutil.copytree(root / "v1" / "seed0", workdir)
+    info = json.loads((workdir / RUN_INFO).read_text())
+    finished = run.Run(info["arm"], info["seed"], info["config_file"], info["preset"], info["overrides"], workdir)
+    config = json.loads((workdir / CONFIG).read_text())
+    (workdir / CONFIG).write_text(json.dumps({**config, "compilation_cache_dir": "/elsewhere"}))
+    with tfds.testing.mock_data(num_examples=16):
+        assert run.execute(finished, "fashion_long") is False
+    (workdir / CONFIG).write_text(json.dumps({**config, "optim": {**config["optim"], "lr": 9.0}}))
+    with pytest.raises(ValueError, match=r"holds a run of another config \(optim.lr: 9.0 in config.json"):
+        run.execute(finished, "fashion_long")
 
 
 def test_runs_record_their_commit_command_and_teacher(suite):

@@ -9,6 +9,8 @@ _SPEC_FIELDS = {"name": "model.name", "num_classes": "data.num_classes", "fused"
 _OVERRIDE_FIELDS = {"in_chans": "data.name (image channels)"}
 # Not the architecture: the weights are float32 whatever the compute dtype, so a run may resume in another one.
 _NOT_ARCHITECTURE = {"dtype"}
+# Not what a run computes: where this machine keeps compiled programs (a home directory, $JAX_COMPILATION_CACHE_DIR).
+_MACHINE_FIELDS = {"compilation_cache_dir"}
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -44,9 +46,10 @@ def spec_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str
 
 
 def config_differences(saved: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
-    """'optim.name: 'sgd' in config.json, 'adamw' in this config' for each field that differs (none if not saved)."""
+    """'optim.name: 'sgd' in config.json, 'adamw' in this config' for each field that differs (none if not saved),
+    leaving out the machine's own paths, which a run resumed elsewhere may change."""
     if saved is None:
         return []
     saved, current = flatten(_as_json(saved)), flatten(_as_json(current))
     return [f"{key}: {saved.get(key)!r} in config.json, {current.get(key)!r} in this config"
-            for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+            for key in sorted((set(saved) | set(current)) - _MACHINE_FIELDS) if saved.get(key) != current.get(key)]
