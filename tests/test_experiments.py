@@ -23,12 +23,14 @@ from experiments.stats import AGREES, DISAGREES, INCONCLUSIVE, NOT_RUN, differen
 from ghostnet_jax.checkpoint import model_spec, save_model
 from ghostnet_jax.models import create_model
 from ghostnet_jax.summary import count_params
+from ghostnet_jax.training.config_diff import config_differences
 from ghostnet_jax.training.loop import eval_interval, step_counts
 from ghostnet_jax.training.optim import learning_rate_schedule
 
 ARMS_UNDER_TEST = ("v1", "v2")  # V1 and V2 at width 0.5: cheap to compile, both distil, and one claim compares them
 MODELS_UNDER_TEST = {"v1": ("ghostnet_050", {}), "v2": ("ghostnetv2_100", {"width": 0.5})}
 FASHION_TRAIN = 60000  # Fashion-MNIST's training split
+FASHION_TEST = 10000  # and its test split, the eval split
 FASHION_STEPS_PER_EPOCH = FASHION_TRAIN // 128  # at the preset's batch size
 
 
@@ -230,6 +232,27 @@ def test_committed_side_by_side_is_the_one_the_committed_results_give(tmp_path):
     for results in recorded:
         verdicts = {claim.key: verdict for claim, verdict, _ in report.judge(budgets.run_metrics(results))}
         assert {claim["key"]: claim["verdict"] for claim in results["claims"]}.items() <= verdicts.items()
+
+
+def test_committed_long_budget_has_every_arm_at_3_seeds_from_recorded_runs_and_a_stronger_teacher():
+    # What the README reads at the long budget rests on these records: every arm finished 3 seeds at the budget's
+    # length with 8 evaluations, each run's config is the one the driver plans today for its arm and seed, each
+    # attempt names its commit, and the teacher beats every student run (recomputed, not the stored flag).
+    results = json.loads((REPO / SCALES["fashion_long"].results / "results.json").read_text())
+    assert sorted(results["arms"]) == sorted(LONG_ARMS)
+    teacher = results["teacher_eval"]["checkpoint"]
+    planned = {(r.arm, r.seed): r.config() for r in run.plan_runs(
+        list(LONG_ARMS), SEEDS, scale="fashion_long", root=REPO / SCALES["fashion_long"].root, teacher=teacher,
+        extra={})}
+    recorded = {(arm, r["seed"]): r for arm, record in results["arms"].items() for r in record["runs"]}
+    assert recorded.keys() == planned.keys()  # 3 seeds of every arm, nothing else
+    for key, record in recorded.items():
+        assert config_differences(record["config"], planned[key].to_dict()) == [], key
+        steps_per_epoch, end = step_counts(planned[key], FASHION_TRAIN)
+        assert record["final"]["step"] == end and len(record["curve"]) >= 8, key
+        assert record["attempts"] and all(len(a["commit"]) == 40 for a in record["attempts"]), key
+    beats, _ = report.teacher_strength(results["teacher_eval"]["top1"], budgets.run_metrics(results))
+    assert beats is True and results["teacher_eval"]["examples"] == FASHION_TEST
 
 
 @pytest.fixture(scope="module")
