@@ -248,7 +248,7 @@ def test_committed_long_budget_has_every_arm_at_3_seeds_from_recorded_runs_and_a
     assert recorded.keys() == planned.keys()  # 3 seeds of every arm, nothing else
     for key, record in recorded.items():
         assert config_differences(record["config"], planned[key].to_dict()) == [], key
-        steps_per_epoch, end = step_counts(planned[key], FASHION_TRAIN)
+        _, end = step_counts(planned[key], FASHION_TRAIN)
         assert record["final"]["step"] == end and len(record["curve"]) >= 8, key
         assert record["attempts"] and all(len(a["commit"]) == 40 for a in record["attempts"]), key
     beats, _ = report.teacher_strength(results["teacher_eval"]["top1"], budgets.run_metrics(results))
