@@ -6,6 +6,7 @@ and what a distillation teacher adds to our train step.
     python -m experiments.benchmark --suites train,infer --models ghostnet_100 --out experiments/results/cpu
     python -m experiments.benchmark --device gpu --dtype bfloat16 --suites train,infer   # see gpu_benchmark.sh
     python -m experiments.benchmark --suites deploy --repeats 5 --warmup 1   # exports vs timm->ONNX Runtime
+    python -m experiments.benchmark --suites tpu --dtypes bfloat16 --topologies v5e-8   # compiled for TPU, predicted
 
 Every measurement runs in a fresh subprocess (one framework, one model, one setting), so that peak memory
 is that measurement's own and neither framework's thread pools or caches disturb the other. Both sides get
@@ -600,11 +601,11 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--suites", default="train,infer,latency,pipeline", type=lambda s: s.split(","),
-                        help="any of train,infer,latency,pipeline,teacher,deploy")
+                        help="any of train,infer,latency,pipeline,teacher,deploy,tpu (tpu: experiments/tpu_aot.py)")
     parser.add_argument("--models", default=",".join(TRAIN_MODELS), type=lambda s: s.split(","))
     parser.add_argument("--train-sizes", default=f"224,{OFFLINE_SIZE}", type=lambda s: [int(v) for v in s.split(",")])
     parser.add_argument("--infer-size", type=int, default=224)
-    parser.add_argument("--teachers", default=",".join(TEACHERS), type=lambda s: s.split(","),
+    parser.add_argument("--teachers", default=",".join(TEACHERS), type=lambda s: [t for t in s.split(",") if t],
                         help="teacher suite: zoo names, random weights, eval mode, the compute dtype")
     parser.add_argument("--teacher-image-size", type=int, default=224, help="teacher suite: student and teacher input")
     parser.add_argument("--batch", type=int, default=32)
@@ -622,6 +623,10 @@ def main() -> None:
                         type=lambda s: s.split(","), help="deploy suite: runtimes to time (see experiments/deploy_bench.py)")
     parser.add_argument("--deploy-threads", default="1,2", type=lambda s: [int(v) for v in s.split(",")],
                         help="deploy suite: thread counts (each run pinned to that many CPUs)")
+    parser.add_argument("--topologies", default="v5e-8,v4-8,v5p-8,v6e-8", type=lambda s: s.split(","),
+                        help="tpu suite: Cloud TPU accelerator types to compile for")
+    parser.add_argument("--tpu-per-chip", type=int, default=128, help="tpu suite: images per chip")
+    parser.add_argument("--label", default="before", help="tpu suite: the rows' label (e.g. before / after a change)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
     parser.add_argument("--out", type=Path, help="write <out>.md and <out>.json")
@@ -636,6 +641,13 @@ def main() -> None:
     if not all(1 <= threads <= len(os.sched_getaffinity(0)) for threads in args.deploy_threads):
         parser.error(f"--deploy-threads {args.deploy_threads}: this process may use {len(os.sched_getaffinity(0))} CPUs")
     os.environ.setdefault("JAX_PLATFORMS", "cuda" if args.device == "gpu" else "cpu")
+    if "tpu" in args.suites:
+        from experiments.tpu_aot import run_suite
+
+        print(run_suite(args))
+        args.suites = [suite for suite in args.suites if suite != "tpu"]
+        if not args.suites:
+            return
     with tempfile.TemporaryDirectory(prefix="deploy-") as args.deploy_dir:  # the deploy suite's exports
         rows: dict[str, dict] = {}
         start, todo = time.perf_counter(), jobs(args)

@@ -77,14 +77,8 @@ def load_model(
     restoring ghostnetv3_100 took 45-72 s that way and 11 s as shapes, the ResNet-18 teacher 21 s and 0.9 s
     (fresh processes without a compilation cache, alternating, on a 2-core CPU busy with other work, 2026-12-05)."""
     directory = storage_path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"no checkpoint directory at {directory}")
-    handlers = {MODEL_ITEM: ocp.StandardCheckpointHandler(), SPEC_ITEM: ocp.JsonCheckpointHandler()}
-    with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None or step not in manager.all_steps():
-            raise FileNotFoundError(f"{directory} holds no complete checkpoint{'' if step is None else f' at step {step}'}")
-        spec = manager.restore(step, args=ocp.args.Composite(**{SPEC_ITEM: ocp.args.JsonRestore()}))[SPEC_ITEM]
+    with _model_manager(directory) as manager:
+        step, spec = _saved_spec(manager, directory, step)
         graphdef, weights, rng_state = nnx.split(
             nnx.eval_shape(lambda: build_model(spec, dtype=dtype)), (nnx.Param, nnx.BatchStat), nnx.RngState
         )
@@ -100,6 +94,29 @@ def load_model(
         )[MODEL_ITEM]
     nnx.replace_by_pure_dict(weights, restored)
     return nnx.merge(graphdef, weights, seeded(rng_state)), spec
+
+
+def load_spec(directory: str | os.PathLike, *, step: int | None = None) -> dict[str, Any]:
+    """The spec of the network saved in `directory` (latest step by default), reading no weights: enough to build
+    the network as shapes (ahead-of-time compilation)."""
+    directory = storage_path(directory)
+    with _model_manager(directory) as manager:
+        return _saved_spec(manager, directory, step)[1]
+
+
+def _model_manager(directory: epath.Path) -> ocp.CheckpointManager:
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no checkpoint directory at {directory}")
+    handlers = {MODEL_ITEM: ocp.StandardCheckpointHandler(), SPEC_ITEM: ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(directory, item_handlers=handlers)
+
+
+def _saved_spec(manager: ocp.CheckpointManager, directory: epath.Path, step: int | None) -> tuple[int, dict[str, Any]]:
+    """(step, spec) of `step` (None: the latest), or FileNotFoundError when there is no such complete checkpoint."""
+    step = manager.latest_step() if step is None else step
+    if step is None or step not in manager.all_steps():
+        raise FileNotFoundError(f"{directory} holds no complete checkpoint{'' if step is None else f' at step {step}'}")
+    return step, manager.restore(step, args=ocp.args.Composite(**{SPEC_ITEM: ocp.args.JsonRestore()}))[SPEC_ITEM]
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:

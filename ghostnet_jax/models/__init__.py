@@ -2,6 +2,7 @@
 and the building blocks."""
 
 from ghostnet_jax.models.ghostnet import GhostBottleneck, GhostModule, GhostNet
+from ghostnet_jax.models.layers import compiling_for, target_platform
 from ghostnet_jax.models.registry import allowed_overrides, create_model, list_models
 from ghostnet_jax.models.reparam import RepConv, fold_batchnorm, fuse
 
@@ -11,8 +12,10 @@ __all__ = [
     "GhostNet",
     "RepConv",
     "allowed_overrides",
+    "compiling_for",
     "create_model",
     "fold_batchnorm",
     "fuse",
     "list_models",
+    "target_platform",
 ]

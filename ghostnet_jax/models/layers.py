@@ -8,8 +8,10 @@ pooling, resampling) live in `kernels.py`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +88,24 @@ def torch_uniform_init(fan_in: int) -> nnx.Initializer:
 
 
 CONV_IMPLS = ("auto", "xla")
+_TARGET_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("target_platform", default=None)
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str) -> Iterator[None]:
+    """Traces inside this block pick `Conv2d`'s kernels for `platform` ('cpu', 'gpu', 'tpu'), the devices the program
+    will run on. Without it the choice follows `jax.default_backend()`, which is 'cpu' in a process that compiles
+    for a TPU ahead of time: its program would carry the CPU-only kernels."""
+    token = _TARGET_PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET_PLATFORM.reset(token)
+
+
+def target_platform() -> str:
+    """The platform kernels are chosen for: the innermost `compiling_for`, else JAX's default backend."""
+    return _TARGET_PLATFORM.get() or jax.default_backend()
 
 
 class Conv2d(nnx.Module):
@@ -93,7 +113,7 @@ class Conv2d(nnx.Module):
 
     `groups` as in PyTorch: `groups == in_features == out_features` is a depthwise conv.
     The kernel is HWIO: (kh, kw, in_features // groups, out_features).
-    `impl='auto'` computes 1x1 convs as matrix products and, on CPU, depthwise convs as shifted
+    `impl='auto'` computes 1x1 convs as matrix products and, for CPU (`target_platform()`), depthwise convs as shifted
     multiply-adds and dense convs with a small output (at most SMALL_OUTPUT_AREA pixels) as one matrix product
     over patches (all faster there, same maths); `impl='xla'` always uses `lax.conv_general_dilated`.
     `dtype` is the compute dtype: input, kernel and bias are cast to it, the kernel is stored in float32.
@@ -130,11 +150,12 @@ class Conv2d(nnx.Module):
         x, kernel = x.astype(self.dtype), self.kernel.value.astype(self.dtype)
         pointwise = self.kernel_size == (1, 1) and self.stride == 1 and self.groups == 1
         depthwise = self.groups == self.in_features == self.out_features
+        for_cpu = target_platform() == "cpu"
         if self.impl == "auto" and pointwise:
             y = jnp.einsum("nhwc,co->nhwo", x, kernel[0, 0])
-        elif self.impl == "auto" and depthwise and jax.default_backend() == "cpu":
+        elif self.impl == "auto" and depthwise and for_cpu:
             y = depthwise_conv_shift_add(x, kernel, self.stride, self.padding)
-        elif self.impl == "auto" and self.groups == 1 and self._small_output(x) and jax.default_backend() == "cpu":
+        elif self.impl == "auto" and self.groups == 1 and self._small_output(x) and for_cpu:
             y = conv_as_matmul(x, kernel, self.stride, self.padding)
         else:
             y = jax.lax.conv_general_dilated(

@@ -39,24 +39,49 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; the run stops and nothing from after the last good checkpoint is saved."""
 
 
-def resolve_dtype(dtype: str) -> str:
-    """'auto' is bfloat16 on TPU and GPU and float32 on CPU (XLA's CPU backend runs bfloat16 several times slower)."""
+def resolve_dtype(dtype: str, platform: str | None = None) -> str:
+    """'auto' is bfloat16 for TPU and GPU and float32 for CPU (XLA's CPU backend runs bfloat16 several times slower);
+    `platform` is that of the devices the run is for (None: JAX's default backend)."""
     if dtype != "auto":
         return dtype
-    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    return "float32" if (platform or jax.default_backend()) == "cpu" else "bfloat16"
 
 
 class Preempted(Exception):
     """Raised once every process has written the checkpoint at the agreed step after a SIGTERM."""
 
 
-def model_overrides(config: ml_collections.ConfigDict, channels: int) -> dict[str, Any]:
-    """The config's model overrides that are set (not None), checked against what the variant accepts."""
+def model_overrides(config: ml_collections.ConfigDict, channels: int, platform: str | None = None) -> dict[str, Any]:
+    """The config's model overrides that are set (not None), checked against what the variant accepts, with the
+    dtype resolved for `platform` (as in `resolve_dtype`)."""
     overrides = {k: v for k, v in config.model.items() if k != "name" and v is not None}
     not_allowed = set(overrides) - allowed_overrides(config.model.name)
     if not_allowed:
         raise ValueError(f"config.model.{sorted(not_allowed)[0]} does not apply to {config.model.name}")
-    return {**overrides, "in_chans": channels, "dtype": resolve_dtype(config.model.dtype)}
+    return {**overrides, "in_chans": channels, "dtype": resolve_dtype(config.model.dtype, platform)}
+
+
+def student_model(config: ml_collections.ConfigDict, num_classes: int, overrides: dict[str, Any]) -> nnx.Module:
+    """The network the config trains, as its train step runs it: remat and cross-device BatchNorm applied.
+    Call it under `nnx.eval_shape` for shapes only (ahead-of-time compilation)."""
+    model = create_model(config.model.name, num_classes=num_classes, rngs=nnx.Rngs(config.seed), **overrides)
+    if config.remat != "none":  # GhostNets only (validate_config)
+        model.remat = config.remat
+    if config.cross_device_bn:
+        model.set_attributes(axis_name=AXIS, raise_if_not_found=False)
+    return model
+
+
+def pmap_train_step(step: Callable, devices: list | None = None) -> Callable:
+    """The train step pmapped as training runs it: state, rest and teacher replicated (and the state donated),
+    the batch split over `devices` (None: every device)."""
+    return jax.pmap(step, axis_name=AXIS, in_axes=(None, None, None, 0), out_axes=None, donate_argnums=(0,),
+                    devices=devices)
+
+
+def pmap_eval_step(step: Callable, devices: list | None = None) -> Callable:
+    """The eval step pmapped as evaluation runs it: variables replicated, the batch split over `devices`."""
+    return jax.pmap(step, axis_name=AXIS, in_axes=(None, 0), devices=devices)
 
 
 class Evaluator:
@@ -82,7 +107,8 @@ class Evaluator:
         graphdef, variables = nnx.split(self.deploy_model(params, batch_stats))
         variables = hosts.replicated(variables)  # placed once per evaluation, not sent again with every batch
         if graphdef not in self._steps:
-            self._steps[graphdef] = jax.pmap(make_eval_step(graphdef), axis_name=AXIS, in_axes=(None, 0))
+            platform = jax.local_devices()[0].platform
+            self._steps[graphdef] = pmap_eval_step(make_eval_step(graphdef, platform=platform))
         step = self._steps[graphdef]
         totals = None
         for batch in prefetch_to_device(eval_batches(self.config.data, global_batch_size=self.config.batch_size)):
@@ -141,17 +167,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     # Everything a bad config can fail on (data, model overrides, teacher) comes before the first write: an error
     # leaves the workdir as the user had it.
     info = dataset_info(config.data)
-    overrides = model_overrides(config, info.channels)
-    model = create_model(config.model.name, num_classes=info.num_classes, rngs=nnx.Rngs(config.seed), **overrides)
+    platform = jax.local_devices()[0].platform  # kernels and the 'auto' dtype follow the devices the steps run on
+    overrides = model_overrides(config, info.channels, platform)
+    model = student_model(config, info.num_classes, overrides)
     teacher_graphdef, teacher_variables, view = (
         (None, None, None) if read_only else load_teacher(config, info.num_classes, info.channels, overrides["dtype"])
     )
     if is_main and not read_only:
         workdir.mkdir(parents=True, exist_ok=True)
-    if config.remat != "none":  # GhostNets only (validate_config)
-        model.remat = config.remat
-    if config.cross_device_bn:
-        model.set_attributes(axis_name=AXIS, raise_if_not_found=False)
     graphdef, params, batch_stats, rest = split_model(model)
     spec = model_spec(config.model.name, num_classes=info.num_classes, overrides=overrides, fused=False,
                       data=model_inputs.from_data_config(config.data))
@@ -186,10 +209,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         return metrics
 
     teacher_variables = hosts.replicated(teacher_variables)  # placed once, not sent to every device at every step
-    train_step = make_train_step(graphdef, tx, schedule, config, info.num_classes, teacher_graphdef, view)
-    p_train_step = jax.pmap(
-        train_step, axis_name=AXIS, in_axes=(None, None, None, 0), out_axes=None, donate_argnums=(0,)
+    train_step = make_train_step(
+        graphdef, tx, schedule, config, info.num_classes, teacher_graphdef, view, platform=platform
     )
+    p_train_step = pmap_train_step(train_step)
     batches = prefetch_to_device(
         train_batches(config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step)
     )

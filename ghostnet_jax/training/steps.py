@@ -10,6 +10,7 @@ import ml_collections
 import optax
 from flax import nnx
 
+from ghostnet_jax.models import compiling_for
 from ghostnet_jax.training.losses import distillation_loss, smooth_labels
 from ghostnet_jax.training.mixup import mix_batch
 from ghostnet_jax.training.state import TrainState, ema_decay, ema_update
@@ -33,8 +34,13 @@ def make_train_step(
     num_classes: int,
     teacher_graphdef: nnx.GraphDef | None = None,
     teacher_view: Callable[[jax.Array], jax.Array] | None = None,
+    *,
+    platform: str | None = None,
 ) -> Callable:
     """Returns step(state, rest, teacher_variables, batch) -> (state, metrics), to be pmapped over AXIS.
+
+    `platform` ('cpu', 'gpu', 'tpu') is that of the devices the step will run on: the convolutions' kernels are
+    chosen for it (None: JAX's default backend, right unless compiling ahead of time for other devices).
 
     `rest` is the model's non-trainable, non-BatchNorm state (its RNG key, read but not used: dropout draws from
     the state's key). It is an argument, not a closed-over constant, so runs that differ only in their seed lower to
@@ -48,6 +54,10 @@ def make_train_step(
     use_mixup = config.mixup.mixup_alpha > 0 or config.mixup.cutmix_alpha > 0
 
     def step(state: TrainState, rest: nnx.State, teacher_variables, batch):
+        with compiling_for(platform or jax.default_backend()):
+            return traced_step(state, rest, teacher_variables, batch)
+
+    def traced_step(state: TrainState, rest: nnx.State, teacher_variables, batch):
         rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
         mix_rng, dropout_rng = jax.random.split(rng)
         images = batch["image"]
@@ -95,11 +105,13 @@ def make_train_step(
     return step
 
 
-def make_eval_step(graphdef: nnx.GraphDef) -> Callable:
-    """Returns step(variables, batch) -> summed metrics over all devices (padding excluded by the mask)."""
+def make_eval_step(graphdef: nnx.GraphDef, *, platform: str | None = None) -> Callable:
+    """Returns step(variables, batch) -> summed metrics over all devices (padding excluded by the mask); `platform`
+    as in `make_train_step`."""
 
     def step(variables, batch):
-        logits = nnx.merge(graphdef, variables)(batch["image"])
+        with compiling_for(platform or jax.default_backend()):
+            logits = nnx.merge(graphdef, variables)(batch["image"])
         labels, mask = batch["label"], batch["mask"]
         loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
         sums = {

@@ -15,7 +15,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from ghostnet_jax.checkpoint import load_model
+from ghostnet_jax.checkpoint import build_model, load_model, load_spec, model_spec
+from ghostnet_jax.models import list_models
 from ghostnet_jax.data.pipeline import channel_stats
 
 
@@ -88,14 +89,28 @@ def check_teacher_fits(spec: dict[str, Any], directory: str, num_classes: int, c
         )
 
 
+def abstract_teacher(teacher: str, num_classes: int, channels: int, dtype: str) -> tuple[nnx.Module, dict[str, Any]]:
+    """(the teacher as shapes, its spec) without reading weights: `teacher` is a zoo name (e.g.
+    'beitv2_large_patch16_224', built for this dataset's classes and channels) or a checkpoint whose spec is read."""
+    if teacher in list_models(teachers=True):
+        spec = model_spec(teacher, num_classes=num_classes, overrides={"in_chans": channels}, fused=False)
+    else:
+        spec = load_spec(teacher)
+    return nnx.eval_shape(lambda: build_model(spec, dtype=dtype)), spec
+
+
 def load_teacher(
-    config: ml_collections.ConfigDict, num_classes: int, channels: int, dtype: str
+    config: ml_collections.ConfigDict, num_classes: int, channels: int, dtype: str, *, abstract: bool = False
 ) -> tuple[nnx.GraphDef, nnx.State, TeacherView] | tuple[None, None, None]:
     """The distillation teacher, read-only, in eval mode and the student's compute dtype, with its view of the
-    student's batch: (graphdef, variables, view), or (None, None, None) if alpha=0."""
+    student's batch: (graphdef, variables, view), or (None, None, None) if alpha=0. With `abstract` the variables
+    are shapes (`abstract_teacher`), for compiling ahead of time."""
     if config.distill.alpha == 0:
         return None, None, None
-    teacher, spec = load_model(config.distill.teacher, dtype=dtype)
+    if abstract:
+        teacher, spec = abstract_teacher(config.distill.teacher, num_classes, channels, dtype)
+    else:
+        teacher, spec = load_model(config.distill.teacher, dtype=dtype)
     check_teacher_fits(spec, config.distill.teacher, num_classes, channels)
     view = teacher_view(config, channels, spec)
     fixed_size = getattr(teacher, "img_size", None)  # a ViT's position tables fix its input size

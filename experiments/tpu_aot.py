@@ -1,0 +1,131 @@
+"""The `tpu` suite of `experiments.benchmark`: the recipe's train step compiled for Cloud TPU chips on this CPU, and the
+compiler's figures as a table (experiments/results/tpu_aot.md and .json). Predictions, not measurements: see the
+roofline in `ghostnet_jax.aot`.
+
+    python -m experiments.benchmark --suites tpu [--models ...] [--teachers ...] [--dtypes ...] [--remat ...]
+        [--topologies v5e-8,v4-8,v5p-8,v6e-8] [--tpu-per-chip 128] [--label before|after-...]
+
+Every row is one `python -m ghostnet_jax.aot` run in its own process (minutes each: GhostNetV3's train step took
+about 15 on this 2-core machine), saved as one JSON file as soon as it is done, so that a suite cut short or run over
+several sessions resumes where it stopped; the table is regenerated from every saved row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "experiments" / "results"
+ROWS = RESULTS / "tpu_aot"
+
+
+def row_name(model: str, teacher: str | None, dtype: str, remat: str, topology: str, label: str) -> str:
+    return "_".join([label, model, teacher or "alone", dtype, f"remat-{remat}", topology])
+
+
+def suite_rows(args: argparse.Namespace) -> list[dict]:
+    """Every setting to compile, in this order: per topology, dtype and remat, each student alone, then each teacher
+    with the first student (`--models ghostnetv3_100,...` puts the recipe's first)."""
+    rows = []
+    for topology in args.topologies:
+        for dtype in args.dtypes:
+            for remat in args.remat:
+                pairs = [(model, None) for model in args.models] + [(args.models[0], t) for t in args.teachers]
+                for model, teacher in pairs:
+                    rows.append(dict(model=model, teacher=teacher, dtype=dtype, remat=remat, topology=topology,
+                                     per_chip=args.tpu_per_chip, label=args.label))
+    return rows
+
+
+def compile_row(row: dict, timeout: int) -> dict:
+    """One `ghostnet_jax.aot` run for the row (recipe config, ImageNet shapes); its JSON, or the error."""
+    from ghostnet_jax.tpu_topologies import topology
+
+    chips = topology(row["topology"]).chips
+    teacher = ["--config.distill.alpha=0.5", f"--config.distill.teacher={row['teacher']}"] if row["teacher"] else [
+        "--config.distill.alpha=0"]
+    out = ROWS / (row_name(**{k: row[k] for k in ("model", "teacher", "dtype", "remat", "topology", "label")}) + ".json")
+    command = [sys.executable, "-m", "ghostnet_jax.aot", "--config", "configs/v3.py", "--topology", row["topology"],
+               f"--config.model.name={row['model']}", f"--config.model.dtype={row['dtype']}",
+               f"--config.remat={row['remat']}", f"--config.batch_size={row['per_chip'] * chips}", *teacher,
+               "--noeval-step", "--json", str(out)]
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return row | {"error": f"timed out after {timeout} s"}
+    if not out.exists():
+        return row | {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+    return row | json.loads(out.read_text()) | {"wall_seconds": time.perf_counter() - start}
+
+
+def run_suite(args: argparse.Namespace) -> str:
+    """Compiles every row not saved yet (in order), saving each as it finishes; returns the regenerated table."""
+    from experiments.benchmark import activation_lower_bound
+
+    ROWS.mkdir(parents=True, exist_ok=True)
+    for index, row in enumerate(suite_rows(args), 1):
+        path = ROWS / (row_name(row["model"], row["teacher"], row["dtype"], row["remat"], row["topology"],
+                                row["label"]) + ".json")
+        if path.exists() and "error" not in json.loads(path.read_text()):
+            continue
+        result = compile_row(row, args.timeout)
+        result["activation_floor_bytes_per_image"] = activation_lower_bound(row["model"], 224, row["per_chip"],
+                                                                            row["dtype"])
+        path.write_text(json.dumps(result, indent=1))
+        print(f"[{index}] {path.stem}: {result.get('error') or 'compiled'}", file=sys.stderr, flush=True)
+    return write_table()
+
+
+def write_table() -> str:
+    """experiments/results/tpu_aot.md and .json from every saved row."""
+    rows = [json.loads(path.read_text()) for path in sorted(ROWS.glob("*.json"))]
+    (RESULTS / "tpu_aot.json").write_text(json.dumps(rows, indent=1))
+    markdown = table(rows)
+    (RESULTS / "tpu_aot.md").write_text(markdown + "\n")
+    return markdown
+
+
+def _fmt(value, spec: str, scale: float = 1.0) -> str:
+    return "-" if value is None else format(value / scale, spec)
+
+
+def table(rows: list[dict]) -> str:
+    """One line per compiled setting, grouped by label (before / after a change), then the chips' peak figures."""
+    header = ("| label | model | teacher | dtype | remat | slice | per-chip batch | HBM/chip GiB | largest batch | "
+              "GFLOP/img | MB/img | floor MB/img | memory share | pred. img/s/chip | teacher share | compile s |")
+    lines = [
+        "Predicted by XLA's TPU compiler (libtpu) on a 2-core CPU, no TPU involved: `python -m experiments.benchmark "
+        "--suites tpu`. Step time = max(flops / peak FLOP/s, bytes accessed / HBM bandwidth) per chip (a roofline; "
+        "collectives and imperfect overlap not counted). 'floor' is the activation floor of "
+        "`experiments.benchmark.activation_lower_bound`; 'memory share' the memory time over the step time.",
+        "",
+        header,
+        "|" + "---|" * (header.count("|") - 1),
+    ]
+    for r in rows:
+        if "error" in r and not r.get("compiled"):
+            lines.append(f"| {r['label']} | {r['model']} | {r['teacher'] or '-'} | {r['dtype']} | {r['remat']} | "
+                         f"{r['topology']} | {r['per_chip']} | {r['error']} |" + " - |" * 8)
+            continue
+        memory_share = r["programs"][0]["memory_bound_share"]
+        lines.append(
+            f"| {r['label']} | {r['model']} | {r['teacher'] or '-'} | {r['dtype']} | {r['remat']} | {r['topology']} | "
+            f"{r['per_chip_batch']} | {_fmt(r['hbm_bytes_per_chip'], '.2f', 2**30)} / "
+            f"{r['hbm_capacity_bytes'] / 2**30:.0f} | {_fmt(r.get('max_per_chip_batch'), 'd')} | "
+            f"{_fmt(r['flops_per_image'], '.2f', 1e9)} | {_fmt(r['bytes_per_image'], '.0f', 1e6)} | "
+            f"{_fmt(r['activation_floor_bytes_per_image'], '.0f', 1e6)} | {_fmt(memory_share, '.0%')} | "
+            f"{_fmt(r['predicted_images_per_second_per_chip'], ',.0f')} | {_fmt(r['teacher_share'], '.0%')} | "
+            f"{_fmt(r['compile_seconds'], '.0f')} |"
+        )
+    chips = {r["chip"]: r["chip_peaks"] for r in rows if r.get("chip_peaks")}
+    lines += ["", "| chip | peak bf16 TFLOP/s | HBM GB/s | HBM GiB | source |", "|---|---|---|---|---|"]
+    for name, c in sorted(chips.items()):
+        lines.append(f"| {name} | {c['peak_flops'] / 1e12:.0f} | {c['hbm_bandwidth'] / 1e9:.0f} | "
+                     f"{c['hbm_bytes'] / 2**30:.0f} | {c['source']} |")
+    return "\n".join(lines)
