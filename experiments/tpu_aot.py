@@ -62,7 +62,17 @@ def compile_row(row: dict, timeout: int) -> dict:
         return row | {"error": f"timed out after {timeout} s"}
     if not out.exists():
         return row | {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
-    return row | json.loads(out.read_text()) | {"wall_seconds": time.perf_counter() - start}
+    return row | json.loads(out.read_text()) | {"wall_seconds": time.perf_counter() - start,
+                                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": _commit()}
+
+
+def _commit() -> str:
+    """The commit the row was compiled at, '+dirty' when tracked files differed from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                          check=False).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True, check=False).stdout.strip()
+    return head + ("+dirty" if dirty else "")
 
 
 def run_suite(args: argparse.Namespace) -> str:
@@ -85,7 +95,7 @@ def run_suite(args: argparse.Namespace) -> str:
 
 def write_table() -> str:
     """experiments/results/tpu_aot.md and .json from every saved row."""
-    rows = [json.loads(path.read_text()) for path in sorted(ROWS.glob("*.json"))]
+    rows = sorted((json.loads(path.read_text()) for path in ROWS.glob("*.json")), key=_recency)
     (RESULTS / "tpu_aot.json").write_text(json.dumps(rows, indent=1))
     markdown = table(rows)
     (RESULTS / "tpu_aot.md").write_text(markdown + "\n")
@@ -106,6 +116,40 @@ def teacher_share(row: dict, alone: dict[tuple, dict]) -> float | None:
     if not row["teacher"] or student is None:
         return None
     return 1.0 - student["predicted_step_seconds"] / row["predicted_step_seconds"]
+
+
+PLAN_SLICES = {"v5e": 64, "v6e": 64, "v4": 16}  # chips: v5e-64, v6e-64, v4-32
+PLAN_EPOCHS = 600
+
+
+def _recency(row: dict) -> tuple:
+    """'before' rows first, then the others by when they finished."""
+    return row["label"] != "before", row.get("finished", "")
+
+
+def plan_table(rows: list[dict]) -> str:
+    """The GhostNetV3 recipe (600 epochs of ImageNet-1k) on the slices users rent, from each chip's latest compiled
+    row of the student with BEiTv2-L, bfloat16, no remat: the per-chip prediction times the slice's chips (a
+    prediction on a prediction: collectives across the larger slice are not counted)."""
+    from ghostnet_jax.aot import IMAGENET_TRAIN_IMAGES
+
+    header = ("| slice | chips | from the row | pred. img/s (slice) | hours, 600 epochs | chip-hours | "
+              "teacher share |")
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    alone = {_setting(r): r for r in rows if not r["teacher"] and r.get("compiled")}
+    for chip, chips in PLAN_SLICES.items():
+        candidates = [r for r in rows if r.get("compiled") and r["chip"] == chip and r["dtype"] == "bfloat16"
+                      and r["remat"] == "none" and r["teacher"] == "beitv2_large_patch16_224"]
+        if not candidates:
+            continue
+        r = max(candidates, key=_recency)
+        per_second = r["predicted_images_per_second_per_chip"] * chips
+        hours = PLAN_EPOCHS * IMAGENET_TRAIN_IMAGES / per_second / 3600
+        cores = chips * r["chip_peaks"]["cores_per_chip"]
+        lines.append(f"| {chip}-{cores} | {chips} | {r['label']} {r['model']} on {r['topology']} | "
+                     f"{per_second:,.0f} | {hours:.1f} | {hours * chips:,.0f} | "
+                     f"{_fmt(teacher_share(r, alone), '.0%')} |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -137,6 +181,7 @@ def table(rows: list[dict]) -> str:
             f"{_fmt(r['predicted_images_per_second_per_chip'], ',.0f')} | {_fmt(teacher_share(r, alone), '.0%')} | "
             f"{_fmt(r['compile_seconds'], '.0f')} |"
         )
+    lines += ["", plan_table(rows)]
     chips = {r["chip"]: r["chip_peaks"] for r in rows if r.get("chip_peaks")}
     lines += ["", "| chip | peak bf16 TFLOP/s | HBM GB/s | HBM GiB | source |", "|---|---|---|---|---|"]
     for name, c in sorted(chips.items()):
