@@ -57,46 +57,50 @@ class RepConv(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self._stacks():
-            y = self._stacked(x)
-        else:
-            y = sum(branch(x) for branch in self.branches)
-            if self.scale_branch is not None:
-                y = y + self.scale_branch(x)
+            return self._stacked(x)
+        y = sum(branch(x) for branch in self.branches)
+        if self.scale_branch is not None:
+            y = y + self.scale_branch(x)
         if self.identity_branch is not None:
             y = y + self.identity_branch(x)
         return y
 
-    def _conv_branches(self) -> list[ConvBN]:
-        return list(self.branches) + ([self.scale_branch] if self.scale_branch is not None else [])
-
     def _stacks(self) -> bool:
-        """Whether training runs the conv branches as one stacked conv (`_stacked`): for TPU and GPU, where XLA's
+        """Whether training runs the branches as one stacked conv (`_stacked`): for TPU and GPU, where XLA's
         compiler counted fewer bytes for it; branch by branch for CPU, where the stacked form measured 2.3x slower
         (experiments/README.md, "GhostNetV3's branches as one conv")."""
-        dense_or_depthwise = self.groups == 1 or self.groups == self.in_features == self.out_features
         training = not self.branches[0].bn.use_running_average
-        return training and dense_or_depthwise and len(self._conv_branches()) > 1 and target_platform() != "cpu"
+        return training and self.groups == 1 and len(self._stacked_kernels()) > 1 and target_platform() != "cpu"
 
-    def _stacked(self, x: jax.Array) -> jax.Array:
-        """The conv branches' sum as one conv over their stacked kernels, one BatchNorm pass over the stacked
-        channels and one sum: the same maths (BatchNorm is per channel), reading the input once instead of once per
-        branch. The 1x1 scale branch is its kernel zero-padded to the site's size (its taps at the centre). Stacked
-        channels are branch-major (n * C + c) for a dense conv, interleaved (c * M + n) for a depthwise one, the
-        layout XLA's grouped convolution gives a channel multiplier."""
-        branches = self._conv_branches()
+    def _stacked_kernels(self) -> list[tuple[jax.Array, BatchNorm]]:
+        """(kxk kernel, its BatchNorm) per branch: the conv branches', the 1x1 scale branch's zero-padded to kxk (its
+        taps at the centre) and the identity branch's as a constant kernel that copies the input (centre taps)."""
         kh, kw = self.kernel_size
-        kernels = [branch.conv.kernel.value for branch in self.branches]
+        pairs = [(branch.conv.kernel.value, branch.bn) for branch in self.branches]
         if self.scale_branch is not None:
             centre = ((kh // 2, kh - 1 - kh // 2), (kw // 2, kw - 1 - kw // 2), (0, 0), (0, 0))
-            kernels.append(jnp.pad(self.scale_branch.conv.kernel.value, centre))
+            pairs.append((jnp.pad(self.scale_branch.conv.kernel.value, centre), self.scale_branch.bn))
+        if self.identity_branch is not None:
+            copy = jnp.zeros((kh, kw, self.in_features // self.groups, self.out_features), jnp.float32)
+            copy = copy.at[kh // 2, kw // 2].set(_identity_taps(self.out_features, self.groups))
+            pairs.append((copy, self.identity_branch))
+        return pairs
+
+    def _stacked(self, x: jax.Array) -> jax.Array:
+        """The branches' sum as one conv over their stacked kernels, one BatchNorm pass over the stacked channels and
+        one sum: the same maths (BatchNorm is per channel), reading the input once instead of once per branch. On a
+        memory-bound accelerator the identity branch's conv costs flops, not traffic. Stacked channels are
+        branch-major (n * C + c) for a dense conv, interleaved (c * M + n) for a depthwise one, the layout XLA's
+        grouped convolution gives a channel multiplier."""
+        kernels, norms = zip(*self._stacked_kernels())
         depthwise = self.groups > 1
 
-        def stack(leaves: list[jax.Array]) -> jax.Array:
+        def stack(leaves) -> jax.Array:
             if depthwise:
                 return jnp.stack(leaves, axis=-1).reshape(*leaves[0].shape[:-1], -1)
             return jnp.concatenate(leaves, axis=-1)
 
-        conv, bn = self.branches[0].conv, self.branches[0].bn
+        conv, bn = self.branches[0].conv, norms[0]
         y = jax.lax.conv_general_dilated(
             x.astype(conv.dtype),
             stack(kernels).astype(conv.dtype),
@@ -105,15 +109,14 @@ class RepConv(nnx.Module):
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=self.groups,
         )
-        scale = stack([branch.bn.scale.value for branch in branches])
-        bias = stack([branch.bn.bias.value for branch in branches])
+        scale, bias = stack([norm.scale.value for norm in norms]), stack([norm.bias.value for norm in norms])
         y, mean, var = batch_norm_train(y, scale, bias, bn.epsilon, bn.axis_name)
         count = batch_count(y, bn.axis_name)
-        per_branch = (1, 0) if depthwise else (0, 1)  # (branch, channel) axes of the stacked channels
-        shape = (self.out_features, len(branches)) if depthwise else (len(branches), self.out_features)
+        shape = (self.out_features, len(norms)) if depthwise else (len(norms), self.out_features)
+        per_branch = (1, 0) if depthwise else (0, 1)  # to (branch, channel)
         means, variances = (jnp.transpose(v.reshape(shape), per_branch) for v in (mean, var))
-        for index, branch in enumerate(branches):
-            branch.bn.update_running(means[index], variances[index], count)
+        for index, norm in enumerate(norms):
+            norm.update_running(means[index], variances[index], count)
         return y.reshape(*y.shape[:-1], *shape).sum(axis=-1 if depthwise else -2)
 
     def fused_kernel_bias(self) -> tuple[jax.Array, jax.Array]:
