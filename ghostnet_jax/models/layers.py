@@ -210,16 +210,13 @@ class BatchNorm(nnx.Module):
         scale, bias = self.scale.value, self.bias.value
         if not self.use_running_average:
             y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, self.axis_name)
-            self.update_running(mean, var, batch_count(x, self.axis_name))
+            count = batch_count(x, self.axis_name)
+            unbiased = var * (count / jnp.maximum(count - 1, 1))
+            m = self.momentum
+            self.mean.value = m * self.mean.value + (1 - m) * mean
+            self.var.value = m * self.var.value + (1 - m) * unbiased
             return y
         return normalize(x, self.mean.value, self.var.value, scale, bias, self.epsilon)
-
-    def update_running(self, mean: jax.Array, var: jax.Array, count: int | jax.Array) -> None:
-        """Moves the running statistics towards a batch's mean and biased variance over `count` values."""
-        unbiased = var * (count / jnp.maximum(count - 1, 1))
-        m = self.momentum
-        self.mean.value = m * self.mean.value + (1 - m) * mean
-        self.var.value = m * self.var.value + (1 - m) * unbiased
 
     def fold(self) -> tuple[jax.Array, jax.Array]:
         """(scale, shift) with BN(x) == x * scale + shift in eval mode: the fusion maths' t and b'."""

@@ -14,8 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ghostnet_jax.models.kernels import batch_count, batch_norm_train
-from ghostnet_jax.models.layers import BatchNorm, Conv2d, ConvBN, _pair, target_platform
+from ghostnet_jax.models.layers import BatchNorm, Conv2d, ConvBN, _pair
 
 M = TypeVar("M", bound=nnx.Module)
 
@@ -56,68 +55,12 @@ class RepConv(nnx.Module):
         self.identity_branch = BatchNorm(out_features) if identity_branch else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self._stacks():
-            return self._stacked(x)
         y = sum(branch(x) for branch in self.branches)
         if self.scale_branch is not None:
             y = y + self.scale_branch(x)
         if self.identity_branch is not None:
             y = y + self.identity_branch(x)
         return y
-
-    def _stacks(self) -> bool:
-        """Whether training runs the branches as one stacked conv (`_stacked`): for TPU and GPU, where XLA's
-        compiler counted fewer bytes for it; branch by branch for CPU, where the stacked form measured 2.3x slower
-        (experiments/README.md, "GhostNetV3's branches as one conv")."""
-        training = not self.branches[0].bn.use_running_average
-        return training and self.groups == 1 and len(self._stacked_kernels()) > 1 and target_platform() != "cpu"
-
-    def _stacked_kernels(self) -> list[tuple[jax.Array, BatchNorm]]:
-        """(kxk kernel, its BatchNorm) per branch: the conv branches', the 1x1 scale branch's zero-padded to kxk (its
-        taps at the centre) and the identity branch's as a constant kernel that copies the input (centre taps)."""
-        kh, kw = self.kernel_size
-        pairs = [(branch.conv.kernel.value, branch.bn) for branch in self.branches]
-        if self.scale_branch is not None:
-            centre = ((kh // 2, kh - 1 - kh // 2), (kw // 2, kw - 1 - kw // 2), (0, 0), (0, 0))
-            pairs.append((jnp.pad(self.scale_branch.conv.kernel.value, centre), self.scale_branch.bn))
-        if self.identity_branch is not None:
-            copy = jnp.zeros((kh, kw, self.in_features // self.groups, self.out_features), jnp.float32)
-            copy = copy.at[kh // 2, kw // 2].set(_identity_taps(self.out_features, self.groups))
-            pairs.append((copy, self.identity_branch))
-        return pairs
-
-    def _stacked(self, x: jax.Array) -> jax.Array:
-        """The branches' sum as one conv over their stacked kernels, one BatchNorm pass over the stacked channels and
-        one sum: the same maths (BatchNorm is per channel), reading the input once instead of once per branch. On a
-        memory-bound accelerator the identity branch's conv costs flops, not traffic. Stacked channels are
-        branch-major (n * C + c) for a dense conv, interleaved (c * M + n) for a depthwise one, the layout XLA's
-        grouped convolution gives a channel multiplier."""
-        kernels, norms = zip(*self._stacked_kernels())
-        depthwise = self.groups > 1
-
-        def stack(leaves) -> jax.Array:
-            if depthwise:
-                return jnp.stack(leaves, axis=-1).reshape(*leaves[0].shape[:-1], -1)
-            return jnp.concatenate(leaves, axis=-1)
-
-        conv, bn = self.branches[0].conv, norms[0]
-        y = jax.lax.conv_general_dilated(
-            x.astype(conv.dtype),
-            stack(kernels).astype(conv.dtype),
-            window_strides=(self.stride, self.stride),
-            padding=conv.padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=self.groups,
-        )
-        scale, bias = stack([norm.scale.value for norm in norms]), stack([norm.bias.value for norm in norms])
-        y, mean, var = batch_norm_train(y, scale, bias, bn.epsilon, bn.axis_name)
-        count = batch_count(y, bn.axis_name)
-        shape = (self.out_features, len(norms)) if depthwise else (len(norms), self.out_features)
-        per_branch = (1, 0) if depthwise else (0, 1)  # to (branch, channel)
-        means, variances = (jnp.transpose(v.reshape(shape), per_branch) for v in (mean, var))
-        for index, norm in enumerate(norms):
-            norm.update_running(means[index], variances[index], count)
-        return y.reshape(*y.shape[:-1], *shape).sum(axis=-1 if depthwise else -2)
 
     def fused_kernel_bias(self) -> tuple[jax.Array, jax.Array]:
         """Kernel (HWIO) and bias of the single conv that equals this site in eval mode."""
