@@ -626,7 +626,8 @@ def main() -> None:
     parser.add_argument("--topologies", default="v5e-8,v4-8,v5p-8,v6e-8", type=lambda s: s.split(","),
                         help="tpu suite: Cloud TPU accelerator types to compile for")
     parser.add_argument("--tpu-per-chip", type=int, default=128, help="tpu suite: images per chip")
-    parser.add_argument("--label", default="before", help="tpu suite: the rows' label (e.g. before / after a change)")
+    parser.add_argument("--label", default="current",
+                        help="tpu suite: the rows' label: 'current' (the code as it stands) or a change's name")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
     parser.add_argument("--out", type=Path, help="write <out>.md and <out>.json")

@@ -3,7 +3,7 @@ compiler's figures as a table (experiments/results/tpu_aot.md and .json). Predic
 roofline in `ghostnet_jax.aot`.
 
     python -m experiments.benchmark --suites tpu [--models ...] [--teachers ...] [--dtypes ...] [--remat ...]
-        [--topologies v5e-8,v4-8,v5p-8,v6e-8] [--tpu-per-chip 128] [--label before|after-...]
+        [--topologies v5e-8,v4-8,v5p-8,v6e-8] [--tpu-per-chip 128] [--label current|tried-...]
 
 Every row is one `python -m ghostnet_jax.aot` run in its own process (minutes each: GhostNetV3's train step took
 about 15 on this 2-core machine), saved as one JSON file as soon as it is done, so that a suite cut short or run over
@@ -122,14 +122,17 @@ PLAN_SLICES = {"v5e": 64, "v6e": 64, "v4": 16}  # chips: v5e-64, v6e-64, v4-32
 PLAN_EPOCHS = 600
 
 
+CURRENT = "current"  # the label of rows compiled from the code as it stands; others name a change tried
+
+
 def _recency(row: dict) -> tuple:
-    """'before' rows first, then the others by when they finished."""
-    return row["label"] != "before", row.get("finished", "")
+    """'current' rows after the others, each kind by when it finished."""
+    return row["label"] == CURRENT, row.get("finished", "")
 
 
 def plan_table(rows: list[dict]) -> str:
-    """The GhostNetV3 recipe (600 epochs of ImageNet-1k) on the slices users rent, from each chip's latest compiled
-    row of the student with BEiTv2-L, bfloat16, no remat: the per-chip prediction times the slice's chips (a
+    """The GhostNetV3 recipe (600 epochs of ImageNet-1k) on the slices users rent, from each chip's 'current' row of
+    the student with BEiTv2-L, bfloat16, no remat: the per-chip prediction times the slice's chips (a
     prediction on a prediction: collectives across the larger slice are not counted)."""
     from ghostnet_jax.aot import IMAGENET_TRAIN_IMAGES
 
@@ -138,7 +141,8 @@ def plan_table(rows: list[dict]) -> str:
     lines = [header, "|---|---|---|---|---|---|---|"]
     alone = {_setting(r): r for r in rows if not r["teacher"] and r.get("compiled")}
     for chip, chips in PLAN_SLICES.items():
-        candidates = [r for r in rows if r.get("compiled") and r["chip"] == chip and r["dtype"] == "bfloat16"
+        candidates = [r for r in rows if r.get("compiled") and r["label"] == CURRENT and r["chip"] == chip
+                      and r["dtype"] == "bfloat16"
                       and r["remat"] == "none" and r["teacher"] == "beitv2_large_patch16_224"]
         if not candidates:
             continue
@@ -152,15 +156,28 @@ def plan_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def teacher_utilisation(row: dict, alone: dict[tuple, dict]) -> float | None:
+    """The teacher's achieved FLOP/s over the chip's peak: its flops (the step's minus the student row's) over the
+    time it adds to the predicted step."""
+    student = alone.get(_setting(row))
+    if not row["teacher"] or student is None:
+        return None
+    added = row["predicted_step_seconds"] - student["predicted_step_seconds"]
+    flops = (row["flops_per_image"] - student["flops_per_image"]) * row["per_chip_batch"]
+    return flops / added / row["chip_peaks"]["peak_flops"] if added > 0 else None
+
+
 def table(rows: list[dict]) -> str:
     """One line per compiled setting, grouped by label (before / after a change), then the chips' peak figures."""
     header = ("| label | model | teacher | dtype | remat | slice | per-chip batch | HBM/chip GiB | largest batch | "
-              "GFLOP/img | MB/img | floor MB/img | memory share | pred. img/s/chip | teacher share | compile s |")
+              "GFLOP/img | MB/img | student floor MB/img | memory share | pred. img/s/chip | teacher share | "
+              "teacher % of peak | compile s |")
     lines = [
         "Predicted by XLA's TPU compiler (libtpu) on a 2-core CPU, no TPU involved: `python -m experiments.benchmark "
         "--suites tpu`. Step time = max(flops / peak FLOP/s, bytes accessed / HBM bandwidth) per chip (a roofline; "
         "collectives and imperfect overlap not counted). 'floor' is the activation floor of "
-        "`experiments.benchmark.activation_lower_bound`; 'memory share' the memory time over the step time.",
+        "`experiments.benchmark.activation_lower_bound`; 'memory share' the memory time over the step time; 'teacher % "
+        "of peak' the teacher's flops over the time it adds to the step, against the chip's peak FLOP/s.",
         "",
         header,
         "|" + "---|" * (header.count("|") - 1),
@@ -169,7 +186,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         if not r.get("compiled"):
             lines.append(f"| {r['label']} | {r['model']} | {r['teacher'] or '-'} | {r['dtype']} | {r['remat']} | "
-                         f"{r['topology']} | {r['per_chip']} | {r['error']} |" + " - |" * 8)
+                         f"{r['topology']} | {r['per_chip']} | {r['error']} |" + " - |" * 9)
             continue
         memory_share = r["programs"][0]["memory_bound_share"]
         lines.append(
@@ -179,7 +196,7 @@ def table(rows: list[dict]) -> str:
             f"{_fmt(r['flops_per_image'], '.2f', 1e9)} | {_fmt(r['bytes_per_image'], '.0f', 1e6)} | "
             f"{_fmt(r['activation_floor_bytes_per_image'], '.0f', 1e6)} | {_fmt(memory_share, '.0%')} | "
             f"{_fmt(r['predicted_images_per_second_per_chip'], ',.0f')} | {_fmt(teacher_share(r, alone), '.0%')} | "
-            f"{_fmt(r['compile_seconds'], '.0f')} |"
+            f"{_fmt(teacher_utilisation(r, alone), '.0%')} | {_fmt(r['compile_seconds'], '.0f')} |"
         )
     lines += ["", plan_table(rows)]
     chips = {r["chip"]: r["chip_peaks"] for r in rows if r.get("chip_peaks")}
