@@ -5,9 +5,10 @@ roofline in `ghostnet_jax.aot`.
     python -m experiments.benchmark --suites tpu [--models ...] [--teachers ...] [--dtypes ...] [--remat ...]
         [--topologies v5e-8,v4-8,v5p-8,v6e-8] [--tpu-per-chip 128] [--label current|tried-...]
 
-Every row is one `python -m ghostnet_jax.aot` run in its own process (minutes each: GhostNetV3's train step took
-about 15 on this 2-core machine), saved as one JSON file as soon as it is done, so that a suite cut short or run over
-several sessions resumes where it stopped; the table is regenerated from every saved row.
+Every row is one `python -m ghostnet_jax.aot` run in its own process (GhostNetV3's train step for v5e took 10-14
+minutes on this 2-core, 24 GiB machine; for v4 the kernel's OOM killer stopped it at 11 GB while another compile
+and the tests ran, for v6e it passed 19 CPU-minutes and 12 GB before it was stopped: run one at a time), saved as one JSON file as soon as it is done, so that a suite cut short or
+run over several sessions resumes where it stopped; the table is regenerated from every saved row.
 """
 
 from __future__ import annotations
@@ -60,8 +61,11 @@ def compile_row(row: dict, timeout: int) -> dict:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return row | {"error": f"timed out after {timeout} s"}
+    if done.returncode < 0:  # e.g. the kernel's OOM killer: a V3 compile here holds about 12 GB
+        return row | {"error": f"killed by signal {-done.returncode}"}
     if not out.exists():
-        return row | {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+        errors = [line for line in done.stderr.splitlines() if "Error" in line]
+        return row | {"error": (errors or done.stderr.strip().splitlines() or ["no output"])[-1]}
     return row | json.loads(out.read_text()) | {"wall_seconds": time.perf_counter() - start,
                                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": _commit()}
 
