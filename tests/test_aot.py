@@ -6,6 +6,7 @@ an independent compile, two hosts) and each check reads what it needs: about 6 m
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,16 @@ def test_largest_fitting_batch_searches_doubling_then_bisecting():
     assert aot.largest_fitting_batch(fits, 64) == 200
     assert probes[:3] == [64, 128, 256]
     assert aot.largest_fitting_batch(lambda batch: False, 64) is None
+
+
+def test_with_libtpu_installed_a_process_on_a_machine_without_tpu_starts_quietly_on_the_cpu():
+    """libtpu is installed here (the test requirements) and this machine has no TPU chip: JAX on its own would try
+    a TPU backend first and libtpu would print its failure to stderr in every process."""
+    probe = "import jax; print(jax.devices()[0].platform)"
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # the tests' own setting: as a user starts
+    bare = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    assert "TPU" in bare.stderr  # the noise the package prevents: libtpu really is installed and really probes
+    ours = subprocess.run([sys.executable, "-c", "import ghostnet_jax; " + probe], capture_output=True, text=True,
+                          check=True, env=env)
+    assert ours.stdout.strip() == bare.stdout.strip() == "cpu"
+    assert ours.stderr == ""

@@ -52,6 +52,28 @@ def test_bfloat16_keeps_parameters_and_logits_float32_and_computes_in_bfloat16()
 
 
 @pytest.mark.parametrize(
+    "name, head, overrides",
+    [("ghostnetv3_050", "classifier", {}), ("resnet18", "fc", {}),
+     ("beitv2_base_patch16_224", "head", {"img_size": 48})],
+)
+def test_under_bfloat16_the_classifier_computes_in_float32(name, head, overrides):
+    """The logits are the float32 product of the (bfloat16) features with the float32 head, not that product
+    rounded to bfloat16 (steps of 1/16 near 10)."""
+    model = create_model(name, num_classes=10, dtype="bfloat16", rngs=nnx.Rngs(1), **overrides)
+    model.eval()
+    images = jax.random.normal(jax.random.key(0), (4, 48, 48, 3))  # V3's DFC needs 33 px or more
+    logits = np.asarray(model(images), np.float64)
+    classifier = getattr(model, head)
+    setattr(model, head, None)  # the same network up to the head: it returns the features
+    features = np.asarray(model(images), np.float64)
+    expected = features @ np.asarray(classifier.kernel.value, np.float64) + np.asarray(classifier.bias.value)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-6 * scale)
+    rounded = np.asarray(jnp.asarray(expected, BF16), np.float64)
+    assert np.abs(rounded - expected).max() > 1e3 * np.abs(logits - expected).max()
+
+
+@pytest.mark.parametrize(
     "name, overrides, fused",
     [("ghostnet_050", {}, False), ("ghostnetv2_100", {"width": 0.5}, False), ("ghostnetv3_050", {}, False),
      ("ghostnetv3_050", {}, True)],

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ghostnet_jax.models.layers import compute_dtype, torch_uniform_init
+from ghostnet_jax.models.layers import Classifier, compute_dtype, torch_uniform_init
 
 PATCH_SIZE = 16
 LAYER_NORM_EPS = 1e-6
@@ -57,13 +57,14 @@ def relative_position_index(grid: int) -> np.ndarray:
     return index
 
 
-def _linear(d_in: int, d_out: int, rngs: nnx.Rngs, *, use_bias: bool = True, scale: float = 1.0) -> nnx.Linear:
+def _linear(d_in: int, d_out: int, rngs: nnx.Rngs, *, use_bias: bool = True, scale: float = 1.0,
+            cls: type[nnx.Linear] = nnx.Linear) -> nnx.Linear:
     """timm's Linear init: truncated normal std 0.02 (times `scale`), zero bias."""
 
     def init(key, shape, dtype=jnp.float32):
         return _trunc_normal(key, shape, dtype) * scale
 
-    return nnx.Linear(d_in, d_out, use_bias=use_bias, kernel_init=init, rngs=rngs)
+    return cls(d_in, d_out, use_bias=use_bias, kernel_init=init, rngs=rngs)
 
 
 def _layer_norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -158,9 +159,9 @@ class Beit(nnx.Module):
         self.cls_token = nnx.Param(_trunc_normal(rngs.params(), (1, 1, embed_dim)))
         self.blocks = nnx.List([Block(embed_dim, num_heads, grid, init_value, i, rngs) for i in range(depth)])
         self.fc_norm = _layer_norm(embed_dim, rngs)
-        self.head = _linear(embed_dim, num_classes, rngs, scale=0.001) if num_classes > 0 else None
+        self.head = _linear(embed_dim, num_classes, rngs, scale=0.001, cls=Classifier) if num_classes > 0 else None
         self.dtype = compute_dtype(dtype)
-        self.set_attributes(dtype=self.dtype, raise_if_not_found=False)  # every Linear, Conv and LayerNorm
+        self.set_attributes(dtype=self.dtype, raise_if_not_found=False)  # every Linear but the head, Conv, LayerNorm
 
     def __call__(self, images: jax.Array) -> jax.Array:
         if images.ndim != 4 or images.shape[1:3] != (self.img_size, self.img_size):

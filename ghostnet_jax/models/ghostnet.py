@@ -258,7 +258,7 @@ class GhostNet(nnx.Module):
         self.classifier = torch_linear(HEAD_CHANNELS, num_classes, rngs) if num_classes else None
         self.remat = remat
         self.dtype = compute_dtype(dtype)
-        self.set_attributes(dtype=self.dtype, raise_if_not_found=False)  # every conv and the classifier
+        self.set_attributes(dtype=self.dtype, raise_if_not_found=False)  # every conv (the classifier: float32)
 
     def check_input(self, shape: Sequence[int]) -> None:
         """Raises ValueError unless `shape` is an NHWC batch this network can process."""

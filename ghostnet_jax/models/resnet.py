@@ -132,7 +132,7 @@ class ResNet(nnx.Module):
         self.num_features = in_features
         self.fc = torch_linear(in_features, num_classes, rngs) if num_classes else None
         self.dtype = compute_dtype(dtype)
-        self.set_attributes(dtype=self.dtype, raise_if_not_found=False)  # every conv and the classifier
+        self.set_attributes(dtype=self.dtype, raise_if_not_found=False)  # every conv (the classifier: float32)
 
     def __call__(self, images: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """Logits (or features) for NHWC images. `rngs` is the trainer's dropout stream, unused: like timm's
