@@ -83,6 +83,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_epochs = 1.0
     c.checkpoint_every_steps = 2000
     c.keep_checkpoints = 3  # the latest N, plus the best by EMA top-1
+    # Write checkpoints in the background while training goes on (Orbax; the preemption and final ones are waited
+    # for). None: on TPU and GPU, where a save would otherwise leave the chips idle; not on CPU.
+    c.async_checkpointing = ml_collections.FieldReference(None, field_type=bool)
+    # Resume with a config that changes what training computes (lr, batch size, data, ...): refused unless set;
+    # then the differences are logged and each segment's config kept (config.json, config.step-<N>.json).
+    c.allow_config_change = False
     # JAX's persistent compilation cache: a repeated or resumed run loads its compiled steps ('' turns it off).
     c.compilation_cache_dir = default_directory()
     return c

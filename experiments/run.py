@@ -24,7 +24,6 @@ import dataclasses
 import datetime
 import gc
 import logging
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,8 +39,10 @@ from experiments.records import CONFIG, RUN_INFO, TEACHER, final_eval, git_state
 from experiments.scales import SCALES, TEACHER_CONFIG
 from experiments.teacher import check_teacher_directory, record_teacher_accuracy
 from ghostnet_jax.data.pipeline import dataset_info
+from ghostnet_jax.training import preemption
 from ghostnet_jax.training.config_diff import config_differences
-from ghostnet_jax.training.loop import PREEMPTED_EXIT_CODE, Preempted, step_counts, train_and_evaluate
+from ghostnet_jax.training.loop import step_counts, train_and_evaluate
+from ghostnet_jax.training.preemption import Preempted
 
 RESERVED = ("seed", "distill.teacher")  # set by --seeds and --teacher
 TEACHER_POLL_SECONDS = 60  # how often a shard other than 0 looks for the teacher shard 0 trains
@@ -226,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print each run's equivalent command; train nothing")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = parser.parse_args(argv)
+    preemption.install()
     try:
         arm_names = select(args.arms, args.groups, SCALES[args.scale].arms)
         extra = parse_assignments(args.overrides)
@@ -236,8 +238,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_suite(arm_names, args.seeds, scale=args.scale, root=args.root, teacher=args.teacher, extra=extra,
                   shard_of=args.shard, dry_run=args.dry_run)
     except Preempted as preempted:
-        logging.warning("%s; rerun the same command to resume the suite", preempted)
-        sys.exit(PREEMPTED_EXIT_CODE)  # as `python -m ghostnet_jax.main`, for the same supervisor loop
+        preemption.exit_preempted(preempted)  # as `python -m ghostnet_jax.main`, for the same supervisor loop
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from ghostnet_jax.models.ghostnet import GhostNet
 from ghostnet_jax.storage import storage_path
 
 MODEL_ITEM, SPEC_ITEM = "model", "spec"
+STATE_ITEM = "train_state"  # a training run's own item: known here so that reading its model item is silent
 
 
 def model_spec(
@@ -107,7 +108,10 @@ def load_spec(directory: str | os.PathLike, *, step: int | None = None) -> dict[
 def _model_manager(directory: epath.Path) -> ocp.CheckpointManager:
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoint directory at {directory}")
-    handlers = {MODEL_ITEM: ocp.StandardCheckpointHandler(), SPEC_ITEM: ocp.JsonCheckpointHandler()}
+    # The train state's handler too: without it Orbax warns on every read of a training run's directory that an item
+    # "could not be restored" (only the model is ever restored here).
+    handlers = {MODEL_ITEM: ocp.StandardCheckpointHandler(), SPEC_ITEM: ocp.JsonCheckpointHandler(),
+                STATE_ITEM: ocp.StandardCheckpointHandler()}
     return ocp.CheckpointManager(directory, item_handlers=handlers)
 
 

@@ -4,6 +4,7 @@ an untrained ResNet teacher)."""
 
 import json
 import math
+import os
 import shlex
 import shutil
 import subprocess
@@ -16,8 +17,8 @@ from ml_collections import config_flags
 from experiments import budgets, report, run
 from experiments.arms import ARMS, RECIPE, SEEDS, WIDTH_SERIES, augmentation, select
 from experiments.claims import CLAIMS
-from experiments.records import CONFIG, METRICS, REPO, RUN_INFO, TEACHER, TEACHER_EVAL, eval_records, run_dir
 from experiments.overrides import load_config
+from experiments.records import CONFIG, METRICS, REPO, RUN_INFO, TEACHER, TEACHER_EVAL, eval_records, run_dir
 from experiments.scales import LONG_ARMS, SCALES
 from experiments.stats import AGREES, DISAGREES, INCONCLUSIVE, NOT_RUN, difference, overall
 from ghostnet_jax.checkpoint import model_spec, save_model
@@ -26,6 +27,7 @@ from ghostnet_jax.summary import count_params
 from ghostnet_jax.training.config_diff import config_differences
 from ghostnet_jax.training.loop import eval_interval, step_counts
 from ghostnet_jax.training.optim import learning_rate_schedule
+from ghostnet_jax.training.preemption import PREEMPTED_EXIT_CODE
 
 ARMS_UNDER_TEST = ("v1", "v2")  # V1 and V2 at width 0.5: cheap to compile, both distil, and one claim compares them
 MODELS_UNDER_TEST = {"v1": ("ghostnet_050", {}), "v2": ("ghostnetv2_100", {"width": 0.5})}
@@ -428,9 +430,14 @@ def test_sigterm_stops_the_suite_while_a_failed_arm_lets_the_others_run(tmp_path
     monkeypatch.setattr(run, "check_teacher_directory", lambda path: None)
     monkeypatch.setattr(run, "record_teacher_accuracy", lambda config, root: None)
     outcome = run.Preempted("preempted at step 3")
+
+    def exit_now(code):  # os._exit, as the entry point exits, but catchable here
+        raise SystemExit(code)
+
+    monkeypatch.setattr(os, "_exit", exit_now)
     with pytest.raises(SystemExit) as exit_info:
         run.main(args)
-    assert exit_info.value.code == run.PREEMPTED_EXIT_CODE == 42 and started == ["v1"]
+    assert exit_info.value.code == PREEMPTED_EXIT_CODE == 42 and started == ["v1"]
     started.clear()
     outcome = RuntimeError("diverged")
     with pytest.raises(RuntimeError, match="1 run\\(s\\) failed:\nv1 seed 0: RuntimeError\\('diverged'\\)"):

@@ -67,7 +67,7 @@ def test_resume_after_interruption_is_bit_identical_and_skips_corrupt_checkpoint
             file.write_bytes(b"garbage")
     with caplog.at_level(logging.WARNING):
         train_and_evaluate(tiny_config(data_dir, max_steps=4), tmp_path / "resumed")
-    assert "skipping checkpoint step 4" in caplog.text
+    assert "checkpoint step 4 in" in caplog.text and "is damaged, moved to corrupt-4-" in caplog.text
     assert_trees_equal(straight, final_train_state(tmp_path / "resumed")[1])
     # Every run directory is also a model checkpoint (EMA weights) that load_model reads, e.g. as a teacher.
     model, spec = load_model(tmp_path / "straight" / "checkpoints")
@@ -80,9 +80,22 @@ def test_non_finite_loss_stops_the_run_and_is_never_checkpointed(data_dir, tmp_p
     with pytest.raises(NonFiniteLossError, match="non-finite"):
         train_and_evaluate(config, tmp_path / "nan")
     with ocp.CheckpointManager(tmp_path / "nan" / "checkpoints") as manager:
+        assert manager.all_steps(), "the steps before the loss diverged were checkpointed"
         for step in manager.all_steps():
             state = manager.restore(step, args=ocp.args.Composite(train_state=ocp.args.StandardRestore()))
             assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state["train_state"]["params"]))
+
+
+def test_asynchronous_saves_at_every_step_end_identical_to_synchronous_ones(data_dir, tmp_path):
+    """The state is donated to the next step while an asynchronous save may still be writing it."""
+    for asynchronous in (False, True):
+        config = tiny_config(data_dir, max_steps=6, checkpoint_every_steps=1, async_checkpointing=asynchronous)
+        train_and_evaluate(config, tmp_path / f"async_{asynchronous}")
+    steps = {p.name for p in (tmp_path / "async_False" / "checkpoints").iterdir()}
+    assert steps == {p.name for p in (tmp_path / "async_True" / "checkpoints").iterdir()} and len(steps) >= 3
+    for step in sorted(int(name) for name in steps):
+        assert_trees_equal(final_train_state(tmp_path / "async_False", step)[1],
+                           final_train_state(tmp_path / "async_True", step)[1])
 
 
 def test_the_checkpoint_guard_finds_any_non_finite_leaf():
@@ -137,7 +150,8 @@ def test_the_offline_resnet_teacher_preset_trains_and_its_run_loads_as_a_teacher
     student.distill.update(alpha=0.5, teacher=str(tmp_path / "teacher" / "checkpoints"))
     _, spec = load_model(tmp_path / "teacher" / "checkpoints")
     assert spec["data"] | {"labels": spec["data"]["labels"][:2]} == {
-        "dataset": "fashion_mnist_debian", "labels": ["T-shirt/top", "Trouser"], "image_size": 36, "crop_pct": 1.0,
+        "dataset": "fashion_mnist_debian", "eval_split": "test[:64]", "labels": ["T-shirt/top", "Trouser"],
+        "image_size": 36, "crop_pct": 1.0,
         "interpolation": "bicubic", "mean": list(config.data.mean), "std": list(config.data.std)}
     graphdef, variables, _ = load_teacher(student, num_classes=10, channels=1, dtype="float32")
     teacher = nnx.merge(graphdef, variables)

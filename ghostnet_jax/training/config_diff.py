@@ -9,8 +9,15 @@ _SPEC_FIELDS = {"name": "model.name", "num_classes": "data.num_classes", "fused"
 _OVERRIDE_FIELDS = {"in_chans": "data.name (image channels)"}
 # Not the architecture: the weights are float32 whatever the compute dtype, so a run may resume in another one.
 _NOT_ARCHITECTURE = {"dtype"}
-# Not what a run computes: where this machine keeps compiled programs (a home directory, $JAX_COMPILATION_CACHE_DIR).
-_MACHINE_FIELDS = {"compilation_cache_dir"}
+# Not what a run computes: bookkeeping (where and how often to log, checkpoint and evaluate, when to stop), the
+# machine's paths and the process layout. (A resume on another number of devices is statistically, not bitwise,
+# the same run: see the README's "Resume".)
+FREE_FIELDS = {
+    "mode", "max_steps", "log_every_steps", "eval_every_epochs", "checkpoint_every_steps", "keep_checkpoints",
+    "async_checkpointing", "compilation_cache_dir", "allow_config_change", "multihost", "data.data_dir",
+    "data.num_parallel_calls",
+}
+FREE_PREFIXES = ("distributed.",)
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -45,11 +52,18 @@ def spec_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     return differences
 
 
-def config_differences(saved: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
-    """'optim.name: 'sgd' in config.json, 'adamw' in this config' for each field that differs (none if not saved),
-    leaving out the machine's own paths, which a run resumed elsewhere may change."""
+def changed_fields(saved: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """The fields (dotted, as on the command line) whose values differ and that change what training computes."""
     if saved is None:
         return []
     saved, current = flatten(_as_json(saved)), flatten(_as_json(current))
-    return [f"{key}: {saved.get(key)!r} in config.json, {current.get(key)!r} in this config"
-            for key in sorted((set(saved) | set(current)) - _MACHINE_FIELDS) if saved.get(key) != current.get(key)]
+    return [key for key in sorted(set(saved) | set(current))
+            if saved.get(key) != current.get(key) and key not in FREE_FIELDS and not key.startswith(FREE_PREFIXES)]
+
+
+def config_differences(saved: dict[str, Any] | None, current: dict[str, Any], saved_name: str = "config.json"
+                       ) -> list[str]:
+    """"optim.name: 'sgd' in config.json, 'adamw' in this config" for each of the `changed_fields`."""
+    fields = changed_fields(saved, current)
+    saved, current = flatten(_as_json(saved or {})), flatten(_as_json(current))
+    return [f"{key}: {saved.get(key)!r} in {saved_name}, {current.get(key)!r} in this config" for key in fields]

@@ -1,6 +1,6 @@
 """Everything that crosses the host boundary, in one place: start-up, array placement for pmap and for Orbax, barriers
-and the preemption agreement. One process (any number of local devices) and a pod slice run the same code; a later
-move from `jax.pmap` to `jax.jit` over a mesh changes this module.
+and the all-gathers that turn each process's view into one decision. One process (any number of local devices) and
+a pod slice run the same code; a later move from `jax.pmap` to `jax.jit` over a mesh changes this module.
 
 The train state is replicated. `jax.pmap` takes and returns it as host-local arrays (on this process's devices);
 Orbax, with more than one process, accepts only global arrays, so checkpoints are written and read as arrays
@@ -8,9 +8,6 @@ replicated over every device of every process, which also makes them independent
 """
 
 from __future__ import annotations
-
-import logging
-import signal
 
 import jax
 import ml_collections
@@ -37,10 +34,35 @@ def is_main() -> bool:
     return jax.process_index() == 0
 
 
+# How long a process waits for the others at a barrier: start-up may differ by a dataset's preparation or a
+# compile on a busy machine, far longer than the 30 s after which gloo gives up on a collective.
+BARRIER_TIMEOUT_S = 30 * 60
+
+
+def _coordinator():
+    """JAX's distributed client: its coordination service holds barriers and a key-value store that need no
+    device collective (private in JAX; Orbax reaches it the same way)."""
+    return jax._src.distributed.global_state.client  # noqa: SLF001
+
+
 def barrier(name: str) -> None:
-    """Waits until every process reaches the barrier `name` (a no-op with one process)."""
+    """Waits until every process reaches the barrier `name` (a no-op with one process); `name` must be new.
+
+    A barrier of the coordination service, not a device collective: with gloo (CPU) a collective that one process
+    reaches more than 30 s before another fails, and XLA's CPU client then takes minutes to exit."""
     if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
+        _coordinator().wait_at_barrier(name, BARRIER_TIMEOUT_S * 1000)
+
+
+def codes_of_all(name: str, code: int) -> list[int]:
+    """Every process's `code`, in process order ([code] with one process): the way processes take one decision
+    from what each of them saw. `name` must be new (it keys the coordination service's store)."""
+    if jax.process_count() == 1:
+        return [code]
+    client = _coordinator()
+    client.key_value_set(f"{name}/{jax.process_index()}", str(code))
+    return [int(client.blocking_key_value_get(f"{name}/{k}", BARRIER_TIMEOUT_S * 1000))
+            for k in range(jax.process_count())]
 
 
 def _mesh(devices: list) -> jax.sharding.Mesh:
@@ -74,30 +96,3 @@ def to_local(tree):
     """Global replicated arrays (as restored) as host-local ones replicated over this process's devices."""
     local = multihost_utils.global_array_to_host_local_array(tree, _mesh(jax.devices()), jax.sharding.PartitionSpec())
     return replicated(local)
-
-
-class Preemption:
-    """Agreement on the step at which to stop after SIGTERM (a Cloud preemption notice) reaches any process.
-
-    With several processes JAX's preemption service (started by `jax.distributed.initialize`, listening for SIGTERM)
-    has every process agree on one step; with one process a SIGTERM handler sets a flag. `reached(step)` must be
-    called after every step by every process.
-    """
-
-    def __init__(self):
-        self._raised = False
-        self._multi = jax.process_count() > 1
-        self._previous = None if self._multi else signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: checkpointing and exiting")
-        self._raised = True
-
-    def reached(self, step: int) -> bool:
-        if self._multi:
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self._raised
-
-    def close(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)

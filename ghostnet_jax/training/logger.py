@@ -8,32 +8,62 @@ after its checkpoint (logged by the interrupted run, about to be redone), then a
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 
 from etils import epath
 
+from ghostnet_jax.storage import is_url, write_atomically
+
 
 class MetricRecords:
-    """`metrics.jsonl` in `workdir` (a path or URL), continued from `start_step`: later records are dropped first."""
+    """`metrics.jsonl` in `workdir` (a path or URL), continued from `start_step`: later records are dropped first.
+
+    A last line cut short (a process killed mid-write) is dropped with a warning. On object storage (gs://...)
+    every append rewrites the whole object, so records are buffered and written at `flush()` (each checkpoint)
+    and `close()`: what a crash loses is what the resume redoes anyway. Local files are flushed at every record.
+    """
 
     def __init__(self, workdir: epath.Path, start_step: int):
-        path = workdir / "metrics.jsonl"
-        if path.exists():
-            lines = path.read_text().splitlines(keepends=True)
-            kept = [line for line in lines if json.loads(line)["step"] <= start_step]
-            if len(kept) < len(lines):  # rewritten atomically: a rename over the old file
-                partial = workdir / "metrics.jsonl.tmp"
-                partial.write_text("".join(kept))
-                partial.replace(path)
-        self._file = path.open("a")
+        self.path = workdir / "metrics.jsonl"
+        self.buffered = is_url(self.path)
+        kept = []
+        if self.path.exists():
+            lines = self.path.read_text().splitlines(keepends=True)
+            for number, line in enumerate(lines, 1):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    logging.warning("dropping line %d of %s, which does not parse (a write cut short): %r",
+                                    number, self.path, line[:200])
+                    continue
+                if record["step"] <= start_step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            if kept != lines:  # rewritten atomically: a rename over the old file
+                write_atomically(self.path, "".join(kept))
+        self._pending: list[str] = []
+        self._file = None if self.buffered else self.path.open("a")
 
     def write(self, kind: str, step: int, values: dict[str, float]) -> None:
-        self._file.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
+        line = json.dumps({"kind": kind, "step": step, **values}) + "\n"
+        if self._file is None:
+            self._pending.append(line)
+            return
+        self._file.write(line)
         self._file.flush()
 
+    def flush(self) -> None:
+        """Writes the buffered records (object storage: one rewrite of the object)."""
+        if self._pending:
+            existing = self.path.read_text() if self.path.exists() else ""
+            write_atomically(self.path, existing + "".join(self._pending))
+            self._pending = []
+
     def close(self) -> None:
-        self._file.close()
+        self.flush()
+        if self._file is not None:
+            self._file.close()
 
 
 class MetricLogger:
@@ -79,6 +109,11 @@ class MetricLogger:
         print(f"{prefix}eval at step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in values.items()), flush=True)
         self._scalars(step, values, "eval")
         self._last_time = time.perf_counter()  # evaluation time is not training throughput
+
+    def flush(self) -> None:
+        """Makes the records so far durable (called with every checkpoint)."""
+        if self._records is not None:
+            self._records.flush()
 
     def close(self) -> None:
         if self._writer is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Callable
@@ -22,17 +21,13 @@ from ghostnet_jax.training import hosts
 from ghostnet_jax.training.checkpointing import BEST_METRIC, TrainCheckpointer
 from ghostnet_jax.training.compilation_cache import use_compilation_cache
 from ghostnet_jax.training.config_check import validate_config
-from ghostnet_jax.training.config_diff import config_differences
 from ghostnet_jax.training.logger import MetricLogger
 from ghostnet_jax.training.optim import create_optimizer, learning_rate_schedule
+from ghostnet_jax.training.preemption import Preempted, Preemption
+from ghostnet_jax.training.run_configs import RunConfigs
 from ghostnet_jax.training.state import TrainState, create_train_state, split_model
 from ghostnet_jax.training.steps import AXIS, make_eval_step, make_train_step
 from ghostnet_jax.training.teacher import load_teacher
-
-
-# The exit code of a run stopped by SIGTERM after writing its checkpoint: non-zero, so that a supervisor (a shell
-# loop, Kubernetes, a pod's startup script) reruns the command, which resumes. A finished run exits 0.
-PREEMPTED_EXIT_CODE = 42
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -45,10 +40,6 @@ def resolve_dtype(dtype: str, platform: str | None = None) -> str:
     if dtype != "auto":
         return dtype
     return "float32" if (platform or jax.default_backend()) == "cpu" else "bfloat16"
-
-
-class Preempted(Exception):
-    """Raised once every process has written the checkpoint at the agreed step after a SIGTERM."""
 
 
 def model_overrides(config: ml_collections.ConfigDict, channels: int, platform: str | None = None) -> dict[str, Any]:
@@ -149,12 +140,6 @@ def eval_interval(config: ml_collections.ConfigDict, steps_per_epoch: int) -> in
     return max(int(round(config.eval_every_epochs * steps_per_epoch)), 1)
 
 
-def saved_config(workdir) -> dict | None:
-    """The config.json a previous run wrote in `workdir`, or None."""
-    path = workdir / "config.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
     """Trains (or with mode='eval' evaluates) as `config` says, in `workdir` (a path or URL); returns the final
     metrics. Raises `Preempted` after checkpointing when SIGTERM stopped the run."""
@@ -184,15 +169,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     tx = create_optimizer(config.optim, schedule)
     state = create_train_state(params, batch_stats, tx, config.seed)
 
-    checkpointer = TrainCheckpointer(
-        workdir / "checkpoints", keep=config.keep_checkpoints, spec=spec, read_only=read_only
-    )
-    current_config = json.loads(config.to_json_best_effort())
-    restored = checkpointer.restore_latest(state, config_differences(saved_config(workdir), current_config))
+    hosts.barrier("started")  # before Orbax's first collective: start-ups (preparing a dataset) may differ by minutes
+    asynchronous = platform != "cpu" if config.async_checkpointing is None else config.async_checkpointing
+    checkpointer = TrainCheckpointer(workdir / "checkpoints", keep=config.keep_checkpoints, spec=spec,
+                                     read_only=read_only, asynchronous=asynchronous)
+    configs = RunConfigs(workdir, config)
+    if not read_only:
+        configs.check_resume(checkpoints_exist=bool(checkpointer.steps()))
+    restored = checkpointer.restore_latest(state, configs.differences)
     state = hosts.replicated(restored if restored is not None else state)
-    if is_main and not read_only:  # written once the checkpoints are known to fit this config
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     start_step = int(jax.device_get(state.step))
+    if not read_only:  # written once the checkpoints are known to fit this config
+        configs.record(start_step)
     evaluator = Evaluator(model, config)
 
     def evaluate(state: TrainState) -> dict[str, float]:
@@ -206,6 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         metrics = evaluate(state)
         if is_main:
             print(f"eval at step {start_step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        hosts.barrier("run-finished")  # process 0, the coordinator, leaves last
         return metrics
 
     teacher_variables = hosts.replicated(teacher_variables)  # placed once, not sent to every device at every step
@@ -220,10 +209,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     logger = MetricLogger(
         workdir, start_step=start_step, total_steps=total_steps, batch_size=config.batch_size, enabled=is_main
     )
-    preemption = hosts.Preemption()
+    preemption = Preemption()
     preempted = False
     losses_finite = jnp.bool_(True)
     metrics: dict[str, float] = {}
+    # The processes start the first step (its compile, then its first collective) together.
+    hosts.barrier("first-step")
     try:
         for step in range(start_step, total_steps):
             state, step_metrics = p_train_step(state, rest, teacher_variables, next(batches))
@@ -243,7 +234,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 if not (losses_finite & _all_finite((state.params, state.batch_stats))):
                     raise NonFiniteLossError(f"non-finite loss or parameters by step {done}; last good checkpoint kept")
                 ema_variables = model_variables(evaluator.model_with(state.ema_params, state.ema_batch_stats))
-                checkpointer.save(state, ema_variables, metrics if evaluated else None)
+                checkpointer.save(state, ema_variables, metrics if evaluated else None, wait=preempted)
+                logger.flush()
             if preempted:
                 break
     finally:
@@ -252,6 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         preemption.close()
         checkpointer.close()
         logger.close()
+    hosts.barrier("run-finished")  # process 0, the coordinator, leaves last
     if preempted:
         raise Preempted(f"preempted at step {done}; checkpoint written in {checkpointer.directory}")
     summary = f"final: step {total_steps}, test top-1 (EMA weights) = {metrics.get(BEST_METRIC, float('nan')):.4f}"
