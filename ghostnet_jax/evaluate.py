@@ -47,9 +47,9 @@ def accuracy(model: nnx.Module, batches: Iterable[dict[str, np.ndarray]]) -> dic
 
 def data_config(args: argparse.Namespace, spec: dict) -> ml_collections.ConfigDict:
     """The pipeline's data config: the command-line settings, and the checkpoint's for those left unset."""
-    apply_checkpoint_inputs(args, spec)
+    recorded = apply_checkpoint_inputs(args, spec)
     data = pipeline.default_data_config()
-    data.name, data.eval_split, data.cache = args.data, args.split, False
+    data.name, data.eval_split, data.cache = args.data, args.split or recorded["eval_split"], False
     data.data_dir = args.data_dir
     data.image_size, data.eval_crop_pct, data.interpolation = args.image_size, args.crop_pct, args.interpolation
     if args.mean is not None:
@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     parser.add_argument("--data", default=None, help="TFDS dataset name (default: the checkpoint's)")
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir (default: TFDS's)")
-    parser.add_argument("--split", default="validation", help="eval split, e.g. 'validation' or 'test[:1000]'")
+    parser.add_argument("--split", default=None,
+                        help="eval split, e.g. 'validation' or 'test[:1000]' (default: the checkpoint's)")
     add_transform_arguments(parser)
     add_cache_argument(parser)
     parser.add_argument("--batch-size", type=int, default=64, help="global batch size (a multiple of the devices)")

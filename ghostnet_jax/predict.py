@@ -5,7 +5,7 @@ crop, normalise; flags override it). Class names are the ones the checkpoint rec
 converted 1000-class GhostNets, printed as WordNet lemmas), or a TFDS dataset's (`--labels NAME`, from TFDS's
 offline metadata); checkpoints that record none print class indices.
 
-    python -m ghostnet_jax.predict --checkpoint DIR [--labels imagenet2012] IMAGE...
+    python -m ghostnet_jax.predict --checkpoint DIR [--step N] [--dtype bfloat16] [--labels imagenet2012] IMAGE...
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from flax import nnx
 from ghostnet_jax.checkpoint import load_model
 from ghostnet_jax.data import model_inputs, pipeline, transforms
 from ghostnet_jax.evaluate import add_transform_arguments, apply_checkpoint_inputs
+from ghostnet_jax.storage import storage_path
 from ghostnet_jax.training.compilation_cache import add_cache_argument, use_compilation_cache
 
 
@@ -30,7 +31,7 @@ def load_image(path: str, *, channels: int, image_size: int, crop_pct: float, in
     try:
         encoded = tf.io.read_file(path)
         image = transforms.decode(encoded, channels)
-    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as error:
+    except tf.errors.OpError as error:  # missing, a directory, unreadable, not an image
         raise ValueError(f"cannot read image {path!r}: {error.message.splitlines()[0]}") from None
     image = transforms.resize_shorter_and_centre_crop(image, image_size, crop_pct, interpolation)
     return transforms.normalise(image, mean, std).numpy()
@@ -46,19 +47,29 @@ def top5(model: nnx.Module, images: np.ndarray, k: int = 5) -> tuple[np.ndarray,
 
 def main(argv: list[str] | None = None) -> list[list[tuple[str, float]]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (converter or training output)")
     parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    parser.add_argument("--dtype", default=None, help="compute dtype (default: the checkpoint's)")
     parser.add_argument("--labels", default=None, help="TFDS dataset whose label names to print")
     add_transform_arguments(parser)
     add_cache_argument(parser)
     args = parser.parse_args(argv)
     use_compilation_cache(args.compilation_cache_dir)
-    model, spec = load_model(args.checkpoint)
+    if not storage_path(args.checkpoint).is_dir():  # a local path or a URL such as gs://
+        parser.error(f"--checkpoint {args.checkpoint!r} is not a directory")
+    try:
+        model, spec = load_model(args.checkpoint, step=args.step, dtype=args.dtype)
+    except (FileNotFoundError, ValueError) as error:  # no such step, no complete checkpoint, a bad dtype
+        parser.error(str(error).splitlines()[0])
     recorded = apply_checkpoint_inputs(args, spec)
     channels = spec["overrides"].get("in_chans", 3)
     mean, std = pipeline.channel_stats(args.mean, args.std, channels, field="data.mean/std (or --mean/--std)")
-    images = np.stack([load_image(path, channels=channels, image_size=args.image_size, crop_pct=args.crop_pct,
-                                  interpolation=args.interpolation, mean=mean, std=std) for path in args.images])
+    try:
+        images = np.stack([load_image(path, channels=channels, image_size=args.image_size, crop_pct=args.crop_pct,
+                                      interpolation=args.interpolation, mean=mean, std=std) for path in args.images])
+    except ValueError as error:
+        parser.error(str(error))
     names = model_inputs.dataset_label_names(args.labels) if args.labels else recorded["labels"]
     if args.labels and names is None:
         raise ValueError(f"--labels {args.labels!r}: TFDS knows no dataset of that name with a 'label' feature")

@@ -3,6 +3,7 @@ batches (padding excluded), and the checkpoint directory is left as it was; the 
 
 import io
 import os
+import re
 
 import numpy as np
 import pytest
@@ -88,13 +89,33 @@ def test_predict_top5_names_and_probabilities(checkpoint, tmp_path):
     np.testing.assert_allclose([p for _, p in results[0]], softmax[best], rtol=1e-5)
 
 
-def test_predict_names_a_bad_image(checkpoint, tmp_path):
+def test_predict_names_each_bad_input_in_one_line(checkpoint, tmp_path, capsys):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="broken.jpg"):
-        predict.main(["--checkpoint", checkpoint, str(bad)])
-    with pytest.raises(ValueError, match="missing.png"):
-        predict.main(["--checkpoint", checkpoint, str(tmp_path / "missing.png")])
+    cases = [
+        ([str(bad)], "cannot read image .*broken.jpg"),
+        ([str(tmp_path / "missing.png")], "cannot read image .*missing.png"),
+        ([str(tmp_path)], f"cannot read image '{tmp_path}'"),  # a directory
+        (["--step", "99", str(bad)], "holds no complete checkpoint at step 99"),
+        (["--dtype", "float16", str(bad)], "float16 is not supported"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(SystemExit):
+            predict.main(["--checkpoint", checkpoint, *extra])
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert re.search(message, error) and "Traceback" not in error, (extra, error)
+    with pytest.raises(SystemExit):
+        predict.main(["--checkpoint", str(tmp_path / "no-checkpoint"), str(bad)])
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_predict_takes_a_step_and_a_dtype(checkpoint, tmp_path):
+    image = tmp_path / "grey.png"
+    Image.fromarray(np.full((40, 40), 128, np.uint8)).save(image)
+    float32 = predict.main(["--checkpoint", checkpoint, "--step", "0", str(image)])
+    bfloat16 = predict.main(["--checkpoint", checkpoint, "--step", "0", "--dtype", "bfloat16", str(image)])
+    assert [name for name, _ in float32[0]][:1] == [name for name, _ in bfloat16[0]][:1]
+    assert [p for _, p in float32[0]] != [p for _, p in bfloat16[0]]  # computed in another dtype
 
 
 def test_imagenet_class_names_are_tfds_label_order_with_wordnet_lemmas():

@@ -2,6 +2,8 @@
 and LiteRT give timm's logits under ONNX Runtime and the LiteRT interpreter; StableHLO round trips; bad command
 lines fail before anything is written, and a failed export leaves nothing behind."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +20,7 @@ from ghostnet_jax.checkpoint import model_spec, save_model
 from ghostnet_jax.convert import convert_state_dict
 from ghostnet_jax.data import pipeline
 from ghostnet_jax.export.cli import main as export_main
+from ghostnet_jax.export.cli import write_file
 from ghostnet_jax.models import create_model, fuse
 from test_convert import reference
 
@@ -210,3 +213,32 @@ def test_deploy_accuracy_counts_top1_of_each_export_against_the_float_model(prob
     assert onnx_row["agreement"] >= 63 / 64 and abs(onnx_row["top1"] - jax_row["top1"]) <= 1 / 64
     assert onnx_row["bytes"] > 0 and f"| onnx | float32 | {onnx_row['bytes'] / 1024:.0f} KiB |" in (
         tmp_path / "accuracy.md").read_text()
+
+
+def test_the_file_has_no_name_until_it_is_complete(tmp_path, monkeypatch):
+    """A kill at any moment of the write leaves nothing: until the payload is written, the directory is as it was."""
+    listings = []
+    real_fdopen = os.fdopen
+
+    class Watched:
+        def __init__(self, file):
+            self.file = file
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.file.__exit__(*exc)
+
+        def write(self, data):
+            listings.append(sorted(p.name for p in tmp_path.iterdir()))  # what a kill now would leave
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    monkeypatch.setattr(os, "fdopen", lambda *args, **kwargs: Watched(real_fdopen(*args, **kwargs)))
+    write_file(b"model bytes", str(tmp_path / "model.onnx"), replace=False)
+    assert listings == [[]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    assert (tmp_path / "model.onnx").read_bytes() == b"model bytes"

@@ -20,6 +20,7 @@ from ghostnet_jax.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
 # timm's pretrained config for every ImageNet GhostNet (V1, V2, V3): what converted weights expect.
 IMAGENET_GHOSTNET = {
     "dataset": "imagenet2012",
+    "eval_split": "validation",
     "image_size": 224,
     "crop_pct": 0.875,
     "interpolation": "bicubic",
@@ -56,6 +57,7 @@ def from_data_config(data: ml_collections.ConfigDict) -> dict[str, Any]:
     """The `spec["data"]` of a model trained with this data config: its eval transform and class names."""
     return {
         "dataset": data.name,
+        "eval_split": data.eval_split,
         "labels": dataset_label_names(data.name, data.data_dir),
         "image_size": int(data.image_size),
         "crop_pct": float(data.eval_crop_pct),
@@ -73,5 +75,5 @@ def for_converted(num_classes: int) -> dict[str, Any]:
 
 def of_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint's recorded inputs, or timm's ImageNet GhostNet ones for checkpoints written before
-    specs recorded them."""
-    return spec.get("data") or IMAGENET_GHOSTNET | {"labels": None}
+    specs recorded them (or before they recorded the eval split: then the dataset's 'validation' split)."""
+    return {"eval_split": "validation"} | (spec.get("data") or IMAGENET_GHOSTNET | {"labels": None})

@@ -3,9 +3,9 @@
 The network is loaded as `evaluate` loads it (`load_model`, float32), put in deploy form (V3 fused, BatchNorm folded)
 and exported; int8 models are calibrated on the first `--calibration-steps` batches of the training split of
 `--calibration-data`, through the eval transform the checkpoint records (the same flags as `evaluate`'s override
-it), at the image size it records. The file is written to a
-temporary name beside `--output` and renamed at the end, so a failed export leaves nothing behind; an existing
-`--output` is kept unless `--force`.
+it), at the image size it records. The file is written unnamed and linked in as `--output` at the end, so a failed
+or killed export leaves nothing behind; an existing `--output` is kept unless `--force`. `--checkpoint` may be a URL
+(gs://...); `--output` is a local file.
 
     python -m ghostnet_jax.export --checkpoint DIR --format {onnx,tflite,stablehlo} --output FILE
         [--int8 --calibration-data NAME [--data-dir DIR] [--calibration-steps K]] [--image-size 224]
@@ -24,6 +24,7 @@ from ghostnet_jax.export.deploy import inference_function
 from ghostnet_jax.export.litert import export_litert
 from ghostnet_jax.export.onnx_format import export_onnx, quantize_onnx
 from ghostnet_jax.export.stablehlo import export_stablehlo
+from ghostnet_jax.storage import storage_path
 from ghostnet_jax.training.compilation_cache import add_cache_argument, use_compilation_cache
 
 FORMATS = ("onnx", "tflite", "stablehlo")
@@ -48,11 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Every mistake in the command line, reported before anything is loaded."""
-    if not os.path.isdir(args.checkpoint):
+    if not storage_path(args.checkpoint).is_dir():  # a local path or a URL such as gs://
         parser.error(f"--checkpoint {args.checkpoint!r} is not a directory")
     directory = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(directory):
         parser.error(f"--output {args.output!r}: directory {directory!r} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):  # found now, not after a long int8 calibration
+        parser.error(f"--output {args.output!r}: directory {directory!r} is not writable")
     if os.path.isdir(args.output):
         parser.error(f"--output {args.output!r} is a directory; give a file name")
     if os.path.exists(args.output) and not args.force:
@@ -84,19 +87,36 @@ def export(args: argparse.Namespace) -> bytes:
 
 
 def write_file(payload: bytes, path: str, *, replace: bool) -> None:
-    """Writes `payload` to `path` through a temporary file in the same directory: `path` appears complete or not at
-    all; an existing `path` is replaced only with `replace` (otherwise FileExistsError, and it is left as it was)."""
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".export-")
+    """Writes `payload` to `path` so that `path` appears complete or not at all, and nothing else is left behind
+    even if the process is killed: the file is written unnamed (Linux's O_TMPFILE) and linked in at the end, or,
+    where the filesystem cannot, under a temporary name removed on any error. An existing `path` is replaced
+    only with `replace` (otherwise FileExistsError, and it is left as it was)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    temporary = None
+    try:
+        handle = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o644)
+    except (AttributeError, OSError):  # no O_TMPFILE here (another OS, some filesystems)
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=".export-")
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide the model from other users
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(payload)
-        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide the model from other users
+            file.flush()
+            if temporary is None:  # named only for the instant of the rename below
+                temporary = os.path.join(directory, f".export-{os.getpid()}-{os.path.basename(path)}")
+                # linkat(AT_SYMLINK_FOLLOW), which naming an unnamed file needs; CPython calls it (rather than
+                # link(), which fails with EXDEV here) when a dir_fd is given.
+                parent = os.open(directory, os.O_RDONLY)
+                try:
+                    os.link(f"/proc/self/fd/{file.fileno()}", temporary, src_dir_fd=parent, follow_symlinks=True)
+                finally:
+                    os.close(parent)
         if replace:
             os.replace(temporary, path)
         else:
             os.link(temporary, path)  # fails if `path` appeared meanwhile; never overwrites
     finally:
-        if os.path.exists(temporary):
+        if temporary is not None and os.path.exists(temporary):
             os.unlink(temporary)
 
 
