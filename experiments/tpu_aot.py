@@ -134,16 +134,16 @@ def _recency(row: dict) -> tuple:
     return row["label"] == CURRENT, row.get("finished", "")
 
 
-def plan_table(rows: list[dict]) -> str:
+def plan_table(rows: list[dict], alone: dict[tuple, dict]) -> str:
     """The GhostNetV3 recipe (600 epochs of ImageNet-1k) on the slices users rent, from each chip's 'current' row of
     the student with BEiTv2-L, bfloat16, no remat: the per-chip prediction times the slice's chips (a
-    prediction on a prediction: collectives across the larger slice are not counted)."""
+    prediction on a prediction: collectives across the larger slice are not counted). `alone`: the student rows
+    by setting, for the teacher share."""
     from ghostnet_jax.aot import IMAGENET_TRAIN_IMAGES
 
     header = ("| slice | chips | from the row | pred. img/s (slice) | hours, 600 epochs | chip-hours | "
               "teacher share |")
     lines = [header, "|---|---|---|---|---|---|---|"]
-    alone = {_setting(r): r for r in rows if not r["teacher"] and r.get("compiled")}
     for chip, chips in PLAN_SLICES.items():
         candidates = [r for r in rows if r.get("compiled") and r["label"] == CURRENT and r["chip"] == chip
                       and r["dtype"] == "bfloat16"
@@ -202,7 +202,7 @@ def table(rows: list[dict]) -> str:
             f"{_fmt(r['predicted_images_per_second_per_chip'], ',.0f')} | {_fmt(teacher_share(r, alone), '.0%')} | "
             f"{_fmt(teacher_utilisation(r, alone), '.0%')} | {_fmt(r['compile_seconds'], '.0f')} |"
         )
-    lines += ["", plan_table(rows)]
+    lines += ["", plan_table(rows, alone)]
     chips = {r["chip"]: r["chip_peaks"] for r in rows if r.get("chip_peaks")}
     lines += ["", "| chip | peak bf16 TFLOP/s | HBM GB/s | HBM GiB | source |", "|---|---|---|---|---|"]
     for name, c in sorted(chips.items()):

@@ -47,7 +47,6 @@ from ghostnet_jax.training.teacher import load_teacher
 IMAGENET_TRAIN_IMAGES = 1_281_167
 # Split sizes of datasets a user compiles for before preparing them (TFDS knows sizes only once prepared).
 KNOWN_SPLIT_SIZES = {"imagenet2012": (IMAGENET_TRAIN_IMAGES, 50_000)}
-PLATFORM = "tpu"
 
 
 @dataclasses.dataclass
@@ -129,13 +128,16 @@ def abstract_dataset_info(data: ml_collections.ConfigDict) -> DatasetInfo:
 
 
 class Programs:
-    """The train and eval steps `main` would run for `config`, as shapes, pmapped over `devices`."""
+    """The train and eval steps `main` would run for `config`, as shapes, pmapped over `devices` (abstract TPU or
+    GPU devices: kernels and the 'auto' dtype follow their platform)."""
 
     def __init__(self, config: ml_collections.ConfigDict, devices: list, *, with_teacher: bool = True):
         validate_config(config)
         self.config, self.devices = config, devices
         self.info = abstract_dataset_info(config.data)
-        overrides = model_overrides(config, self.info.channels, PLATFORM)
+        platform = devices[0].platform
+        overrides = model_overrides(config, self.info.channels, platform)
+        self.dtype = overrides["dtype"]  # the compute dtype, 'auto' resolved for the devices
         model = nnx.eval_shape(lambda: student_model(config, self.info.num_classes, overrides))
         self.graphdef, params, batch_stats, self.rest = split_model(model)
         steps_per_epoch, _ = step_counts(config, self.info.num_train)
@@ -149,12 +151,12 @@ class Programs:
         self.has_teacher = teacher_graphdef is not None
         self.train_step = pmap_train_step(
             make_train_step(self.graphdef, tx, schedule, config, self.info.num_classes, teacher_graphdef, view,
-                            platform=PLATFORM),
+                            platform=platform),
             devices,
         )
         eval_model = nnx.eval_shape(lambda: fuse(_in_eval_mode(student_model(config, self.info.num_classes, overrides))))
         eval_graphdef, self.eval_variables = nnx.split(eval_model)
-        self.eval_step = pmap_eval_step(make_eval_step(eval_graphdef, platform=PLATFORM), devices)
+        self.eval_step = pmap_eval_step(make_eval_step(eval_graphdef, platform=platform), devices)
 
     def batch(self, per_chip_batch: int, *, eval_mask: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
         """The batch layout of `data.pipeline` (images float32 NHWC, int32 labels), split over the devices."""
@@ -244,7 +246,7 @@ def analyse(
         "chips": topo.chips,
         "hosts": topo.hosts,
         "model": config.model.name,
-        "dtype": model_overrides(config, programs.info.channels, PLATFORM)["dtype"],
+        "dtype": programs.dtype,
         "remat": config.remat,
         "teacher": config.distill.teacher if programs.has_teacher else None,
         "per_chip_batch": per_chip,
