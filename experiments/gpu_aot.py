@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import jax
 
 from configs import v3
+from experiments.records import git_state
 from ghostnet_jax.aot import Programs
 
 TARGET = Path(__file__).resolve().parent / "gpu_targets" / "h100_sxm.txtpb"
@@ -61,6 +63,7 @@ def main() -> None:
         result = compile_for_h100(args.per_gpu, args.teacher)
     except Exception as error:  # the compiler's error is the result
         result = {"compiled": False, "error": f"{type(error).__name__}: {str(error).splitlines()[0]}"}
+    result |= {"commit": git_state()["commit"], "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
     text = json.dumps(result, indent=2, default=str)
     print(text)
     if args.out:
