@@ -27,7 +27,6 @@ class MetricRecords:
 
     def __init__(self, workdir: epath.Path, start_step: int):
         self.path = workdir / "metrics.jsonl"
-        self.buffered = is_url(self.path)
         kept = []
         if self.path.exists():
             lines = self.path.read_text().splitlines(keepends=True)
@@ -43,7 +42,7 @@ class MetricRecords:
             if kept != lines:  # rewritten atomically: a rename over the old file
                 write_atomically(self.path, "".join(kept))
         self._pending: list[str] = []
-        self._file = None if self.buffered else self.path.open("a")
+        self._file = None if is_url(self.path) else self.path.open("a")  # None: buffered until flush()
 
     def write(self, kind: str, step: int, values: dict[str, float]) -> None:
         line = json.dumps({"kind": kind, "step": step, **values}) + "\n"

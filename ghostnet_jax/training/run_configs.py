@@ -20,7 +20,7 @@ from etils import epath
 from ghostnet_jax.storage import write_atomically
 from ghostnet_jax.training import hosts
 from ghostnet_jax.training.checkpointing import CheckpointMismatchError
-from ghostnet_jax.training.config_diff import changed_fields, config_differences
+from ghostnet_jax.training.config_diff import config_differences
 
 FIRST = "config.json"
 _SEGMENT = re.compile(r"config\.step-(\d+)\.json")
@@ -45,16 +45,14 @@ class RunConfigs:
 
     def __init__(self, workdir: epath.Path, config: ml_collections.ConfigDict):
         self.workdir, self.config = workdir, config
-        self.current = json.loads(config.to_json_best_effort())
-        latest = latest_config(workdir)
-        self.saved_name, self.saved = latest if latest is not None else (FIRST, None)
-        self.fields = changed_fields(self.saved, self.current)
-        self.differences = config_differences(self.saved, self.current, self.saved_name)
+        saved_name, saved = latest_config(workdir) or (FIRST, None)
+        # One line per field that changes what training computes; empty when nothing does (or nothing was saved).
+        self.differences = config_differences(saved, json.loads(config.to_json_best_effort()), saved_name)
         hosts.barrier("configs-read")  # process 0 writes only once every process has read
 
     def check_resume(self, checkpoints_exist: bool) -> None:
         """Raises `ConfigChangedError` if checkpoints will be resumed with a changed config that was not allowed."""
-        if checkpoints_exist and self.fields and not self.config.allow_config_change:
+        if checkpoints_exist and self.differences and not self.config.allow_config_change:
             raise ConfigChangedError(
                 f"the run in {self.workdir} was written with another config: " + "; ".join(self.differences)
                 + ". Nothing was changed. Resume with the saved config, use a new --workdir, or pass "
@@ -69,7 +67,7 @@ class RunConfigs:
         text = self.config.to_json_best_effort(indent=2)
         if start_step == 0:
             write_atomically(self.workdir / FIRST, text)
-        elif self.fields:
+        elif self.differences:
             name = f"config.step-{start_step}.json"
             logging.warning("resuming at step %d with a changed config (kept as %s): %s", start_step, name,
                             "; ".join(self.differences))
