@@ -81,6 +81,8 @@ class Processes:
     def wait(self, timeout: float) -> list[int]:
         try:
             return [p.wait(timeout=timeout) for p in self.procs]
+        except subprocess.TimeoutExpired as expired:
+            raise AssertionError(f"{expired}\n{self.output()[-3000:]}") from None
         finally:
             self.kill()
 
@@ -187,19 +189,22 @@ def handles_sigterm(pid: int) -> bool:
 
 
 def test_sigterm_during_start_up_exits_with_the_preemption_code_within_seconds(data_dir, tmp_path, processes):
+    """Notices at several moments of start-up (imports, the dataset, the model; the first step is >10 s in): a
+    handler that raised instead of exiting lost 3 of 13 such notices here to garbage-collection callbacks."""
     rng = random.Random(27)
-    group = processes(run_config(data_dir), tmp_path / "starting", 1)
-    pid = group.procs[0].pid
-    deadline = time.monotonic() + 60
-    while not handles_sigterm(pid):
-        assert time.monotonic() < deadline and group.procs[0].poll() is None, group.output()[-3000:]
-        time.sleep(0.01)
-    time.sleep(rng.uniform(0, 2))  # somewhere in start-up: imports, the dataset, the model (the first step is >10 s in)
-    signalled = time.monotonic()
-    group.procs[0].send_signal(signal.SIGTERM)
-    assert group.wait(timeout=10) == [PREEMPTED_EXIT_CODE], group.output()[-3000:]
-    print(f"SIGTERM during start-up to exit: {time.monotonic() - signalled:.1f} s")
-    assert "before the training loop started" in group.output() and "step 1/" not in group.output()
+    for attempt in range(4):
+        group = processes(run_config(data_dir), tmp_path / f"starting{attempt}", 1)
+        pid = group.procs[0].pid
+        deadline = time.monotonic() + 60
+        while not handles_sigterm(pid):
+            assert time.monotonic() < deadline and group.procs[0].poll() is None, group.output()[-3000:]
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 4))
+        signalled = time.monotonic()
+        group.procs[0].send_signal(signal.SIGTERM)
+        assert group.wait(timeout=10) == [PREEMPTED_EXIT_CODE], group.output()[-3000:]
+        print(f"SIGTERM during start-up to exit: {time.monotonic() - signalled:.1f} s")
+        assert "before the training loop started" in group.output() and "step 1/" not in group.output()
 
 
 def test_sigkill_at_a_random_moment_loses_nothing_but_time(reference, data_dir, tmp_path, processes):

@@ -1,9 +1,9 @@
 """Preemption: a SIGTERM (a Cloud preemption notice, Kubernetes, a supervisor) at any moment of a run ends it with
 `PREEMPTED_EXIT_CODE`, after a checkpoint when the training loop was running, so that the same command resumes.
 
-Two phases. From process start (`install`) until the training loop takes over, SIGTERM raises `Preempted` in the
-main thread: nothing has been computed since the last checkpoint, so the run ends at once. During the loop,
-`Preemption` turns the notice into an agreed step at which every process writes a checkpoint and stops. With
+Two phases. From process start (`install`) until the training loop takes over, SIGTERM ends the process at once:
+nothing has been computed since the last checkpoint, and what start-up writes survives a kill at any moment (as it
+must survive SIGKILL). During the loop, `Preemption` turns the notice into an agreed step at which every process writes a checkpoint and stops. With
 several processes, JAX's preemption service (started by `jax.distributed.initialize`) receives the signal instead,
 from start-up on, and the loop's first agreed step ends the run.
 """
@@ -25,16 +25,24 @@ PREEMPTED_EXIT_CODE = 42
 
 
 class Preempted(Exception):
-    """SIGTERM stopped the run: before training (nothing to save) or after every process wrote its checkpoint."""
-
-
-def _raise_preempted(signum, frame) -> NoReturn:
-    raise Preempted("SIGTERM before the training loop started: nothing to checkpoint since the last checkpoint")
+    """SIGTERM stopped the training loop, after every process wrote its checkpoint."""
 
 
 def install() -> None:
-    """Makes SIGTERM raise `Preempted` in the main thread; call first thing in a command's main."""
-    signal.signal(signal.SIGTERM, _raise_preempted)
+    """Makes SIGTERM end the process at once with `PREEMPTED_EXIT_CODE`; call first thing in a command's main.
+
+    The handler exits rather than raising: an exception raised by a signal handler surfaces wherever the main
+    thread happens to be, and Python drops it there when that is a garbage-collection callback or a destructor
+    (measured: 3 of 13 notices during start-up ignored, and the run trained to its end). XLA compiles check for
+    signals while they run (measured: the handler ran 3 s into a 39 s compile), so a notice does not wait for one.
+    """
+    signal.signal(signal.SIGTERM, _exit_before_training)
+
+
+def _exit_before_training(signum, frame) -> NoReturn:
+    logging.warning("SIGTERM before the training loop started: nothing to checkpoint since the last checkpoint; "
+                    "exiting with code %d (rerun the same command to resume)", PREEMPTED_EXIT_CODE)
+    exit_at_once(PREEMPTED_EXIT_CODE)
 
 
 def exit_at_once(code: int) -> NoReturn:
@@ -51,7 +59,7 @@ def exit_at_once(code: int) -> NoReturn:
 
 
 def exit_preempted(preempted: Preempted) -> NoReturn:
-    """Logs and exits with `PREEMPTED_EXIT_CODE` at once (checkpoints are complete before `Preempted` is raised)."""
+    """Logs and exits with `PREEMPTED_EXIT_CODE` at once (checkpoints are complete when `Preempted` is raised)."""
     logging.warning("%s; exiting with code %d (rerun the same command to resume)", preempted, PREEMPTED_EXIT_CODE)
     exit_at_once(PREEMPTED_EXIT_CODE)
 
