@@ -3,9 +3,10 @@
 
 Two phases. From process start (`install`) until the training loop takes over, SIGTERM ends the process at once:
 nothing has been computed since the last checkpoint, and what start-up writes survives a kill at any moment (as it
-must survive SIGKILL). During the loop, `Preemption` turns the notice into an agreed step at which every process writes a checkpoint and stops. With
-several processes, JAX's preemption service (started by `jax.distributed.initialize`) receives the signal instead,
-from start-up on, and the loop's first agreed step ends the run.
+must survive SIGKILL). During the loop, `Preemption` turns the notice into an agreed step at which every process
+writes a checkpoint and stops. With several processes, JAX's preemption service (started by
+`jax.distributed.initialize`) receives the signal instead, from start-up on, and the loop's first agreed step ends
+the run.
 """
 
 from __future__ import annotations
