@@ -14,17 +14,17 @@ import ast
 import functools
 import re
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ghostnet_jax.checkpoint import key_problems, model_spec, save_model
+from ghostnet_jax.checkpoint import key_problems, model_spec, save_model, seeded
 from ghostnet_jax.data import model_inputs
 from ghostnet_jax.models import allowed_overrides, create_model, fuse
-from ghostnet_jax.models.registry import teacher_family
-from ghostnet_jax.models.ghostnet import GhostNet
+from ghostnet_jax.models.registry import VARIANTS, teacher_family
+from ghostnet_jax.models.ghostnet import STAGES, GhostNet, GhostNetFeatures
 from ghostnet_jax.storage import storage_path
 
 # ghostnet_jax site name -> prefix of the reference's re-parameterised branch names.
@@ -118,8 +118,15 @@ def _is_deploy_form(arrays: Mapping[str, np.ndarray]) -> bool:
 
 
 def from_torch(
-    name: str, state_dict: Mapping[str, Any], *, use_ema: bool = True, num_classes: int | None = None, **overrides: Any
-) -> GhostNet:
+    name: str,
+    state_dict: Mapping[str, Any],
+    *,
+    use_ema: bool = True,
+    num_classes: int | None = None,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    **overrides: Any,
+) -> GhostNet | GhostNetFeatures:
     """Builds `name` and loads reference PyTorch weights into it; returns the model in eval mode.
 
     `state_dict` maps parameter names to numpy arrays or torch tensors (timm or official naming, optionally
@@ -127,8 +134,35 @@ def from_torch(
     to the checkpoint's. DFC upsampling defaults to 'nearest' (PyTorch's rule, what the weights were trained
     with). V3 weights in deploy form give a fused model. Unknown, missing or mis-shaped keys raise ValueError
     listing them.
+
+    `features_only=True` gives the backbone (`create_model(..., features_only=True, out_indices=...)`) from timm's
+    features-only state dict or from a whole network's (whose stages past the last map and head are left out).
     """
-    return convert_state_dict(name, state_dict, use_ema=use_ema, num_classes=num_classes, **overrides)[0]
+    if not features_only:
+        if out_indices is not None:
+            raise ValueError("out_indices selects feature maps: it needs features_only=True")
+        return convert_state_dict(name, state_dict, use_ema=use_ema, num_classes=num_classes, **overrides)[0]
+    if num_classes is not None or teacher_family(name):
+        raise ValueError(f"features_only=True builds a GhostNet backbone without a head, got {name} "
+                         f"with num_classes={num_classes}")
+    if "dfc_upsample" in allowed_overrides(name):
+        overrides.setdefault("dfc_upsample", "nearest")
+    def build() -> GhostNetFeatures:
+        return create_model(name, features_only=True, out_indices=out_indices, **overrides)
+
+    model = nnx.eval_shape(build)
+    # timm's feature extractor flattens `blocks` into `blocks_<i>`
+    arrays = {re.sub(r"^blocks_(\d+)\.", r"blocks.\1.", key): value
+              for key, value in normalise_state_dict(state_dict, use_ema=use_ema).items()}
+    beyond = (*(f"blocks.{i}." for i in range(len(model.blocks), len(STAGES) + 1)), "conv_head.", "classifier.")
+    arrays = {key: value for key, value in arrays.items() if not key.startswith(beyond)}
+    deploy = _is_deploy_form(arrays)
+    if deploy and model.version < 3:
+        raise ValueError(f"{name} has no deploy form; the checkpoint has fused V3 keys")
+    model = shapes_only(lambda: fuse(build()) if deploy else build())
+    load_variables(model, arrays, torch_key, f"{name} features {model.out_indices}")
+    model.eval()
+    return model
 
 
 def convert_state_dict(
@@ -140,7 +174,7 @@ def convert_state_dict(
     if family := teacher_family(name):
         if num_classes is None:
             num_classes = arrays[family.CLASSIFIER_KEY].shape[0] if family.CLASSIFIER_KEY in arrays else 0
-        model = create_model(name, num_classes=num_classes, **overrides)
+        model = shapes_only(lambda: create_model(name, num_classes=num_classes, **overrides))
         load_variables(model, arrays, functools.partial(torch_key, rules=family.TORCH_KEY_RULES), described)
         model.eval()
         return model, model_spec(name, num_classes=num_classes, overrides=overrides, fused=False)
@@ -148,16 +182,27 @@ def convert_state_dict(
         num_classes = arrays["classifier.weight"].shape[0] if "classifier.weight" in arrays else 0
     if "dfc_upsample" in allowed_overrides(name):
         overrides.setdefault("dfc_upsample", "nearest")
-    model = create_model(name, num_classes=num_classes, **overrides)
     deploy = _is_deploy_form(arrays)
-    if deploy:
-        if model.version < 3:
-            raise ValueError(f"{name} has no deploy form; the checkpoint has fused V3 keys")
-        model = fuse(model)
+    if deploy and VARIANTS[name][0] < 3:
+        raise ValueError(f"{name} has no deploy form; the checkpoint has fused V3 keys")
+
+    def build() -> GhostNet:
+        model = create_model(name, num_classes=num_classes, **overrides)
+        return fuse(model) if deploy else model
+
+    model = shapes_only(build)
     load_variables(model, arrays, torch_key, described)
     model.eval()
     data = model_inputs.for_converted(num_classes)
     return model, model_spec(name, num_classes=num_classes, overrides=overrides, fused=deploy, data=data)
+
+
+def shapes_only(build: Callable[[], nnx.Module]) -> nnx.Module:
+    """The network `build` makes, its parameters and statistics as shapes (for `load_variables` to fill) and its
+    RNG streams concrete: drawing random weights only to overwrite them compiled a few hundred initialisers (and
+    for BEiT-L drew 300M numbers), the most of a conversion's time."""
+    graphdef, weights, rng_state = nnx.split(nnx.eval_shape(build), (nnx.Param, nnx.BatchStat), nnx.RngState)
+    return nnx.merge(graphdef, weights, seeded(rng_state))
 
 
 def load_variables(model: nnx.Module, arrays: Mapping[str, np.ndarray], key_of: Callable[[tuple], str], described: str) -> None:

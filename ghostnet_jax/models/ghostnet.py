@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -201,7 +201,84 @@ def _call_block(block: nnx.Module, x: jax.Array) -> jax.Array:
     return block(x)
 
 
-class GhostNet(nnx.Module):
+@dataclasses.dataclass(frozen=True)
+class FeatureInfo:
+    """One feature map of the backbone, as timm describes it: channels, stride from the input (`reduction`) and the
+    reference module whose output it is."""
+
+    num_chs: int
+    reduction: int
+    module: str
+
+
+def feature_info(width: float) -> tuple[FeatureInfo, ...]:
+    """Every map timm's `features_only` can return, in its order: the stem conv's output (before its BatchNorm and
+    ReLU: timm hooks the conv), then the output of each stage that ends in a stride-2 block."""
+    taps = [FeatureInfo(make_divisible(STEM_CHANNELS * width, 4), 2, "conv_stem")]
+    for index, stage in enumerate(STAGES):
+        if stage[-1][4] > 1:
+            taps.append(FeatureInfo(make_divisible(stage[-1][2] * width, 4), taps[-1].reduction * 2, f"blocks.{index}"))
+    return tuple(taps)
+
+
+class _Trunk(nnx.Module):
+    """The stem and the first `num_stages` bottleneck stages: what the classifier and the feature extractor share
+    (the same attribute names, so that weights convert and restore the same way for both)."""
+
+    def __init__(self, *, version: int, width: float, num_stages: int, rngs: nnx.Rngs, in_chans: int = 3,
+                 dfc_upsample: str = "bilinear", rep: RepSettings | None = None, remat: str = "none"):
+        if remat not in REMAT_MODES:
+            raise ValueError(f"unknown remat {remat!r}; expected one of {REMAT_MODES}")
+        self.version = version
+        has_dfc = version >= 2
+        self.min_input_size = min_input_size(has_dfc)
+        channels = make_divisible(STEM_CHANNELS * width, 4)
+        self.stem = ConvBN(in_chans, channels, 3, stride=2, rngs=rngs)
+        stages, layer_id = [], 0
+        for stage in STAGES[:num_stages]:
+            blocks = []
+            for kernel_size, expansion, out, se_ratio, stride in stage:
+                out_channels = make_divisible(out * width, 4)
+                blocks.append(
+                    GhostBottleneck(
+                        channels,
+                        make_divisible(expansion * width, 4),
+                        out_channels,
+                        kernel_size=kernel_size,
+                        stride=stride,
+                        se_ratio=se_ratio,
+                        dfc=has_dfc and layer_id >= FIRST_DFC_LAYER,
+                        dfc_upsample=dfc_upsample,
+                        rep=rep,
+                        rngs=rngs,
+                    )
+                )
+                channels, layer_id = out_channels, layer_id + 1
+            stages.append(nnx.List(blocks))
+        self.blocks = nnx.List(stages)
+        self.remat = remat
+
+    def check_input(self, shape: Sequence[int]) -> None:
+        """Raises ValueError unless `shape` is an NHWC batch this network can process."""
+        if len(shape) != 4:
+            raise ValueError(f"expected an NHWC batch of rank 4, got shape {tuple(shape)}")
+        channels = self.stem.conv.in_features
+        if shape[-1] != channels:
+            raise ValueError(f"expected {channels} input channels (NHWC), got shape {tuple(shape)}")
+        if min(shape[1], shape[2]) < self.min_input_size:
+            raise ValueError(
+                f"input {shape[1]}x{shape[2]} is too small for GhostNetV{self.version}: DFC attention pools every "
+                f"block's input by 2, which needs at least {self.min_input_size}x{self.min_input_size} pixels"
+            )
+
+    def run_stage(self, stage: nnx.List, x: jax.Array) -> jax.Array:
+        call = remat_call if self.remat == "block" else _call_block
+        for block in stage:
+            x = call(block, x)
+        return x
+
+
+class GhostNet(_Trunk):
     """The GhostNet classifier. Inputs are NHWC images; the output is float32 logits (or features if num_classes=0).
 
     `dtype` is the compute dtype of every conv, matrix product and activation (parameters, BatchNorm statistics
@@ -223,64 +300,22 @@ class GhostNet(nnx.Module):
         remat: str = "none",
         rngs: nnx.Rngs,
     ):
-        if remat not in REMAT_MODES:
-            raise ValueError(f"unknown remat {remat!r}; expected one of {REMAT_MODES}")
-        self.version = version
-        has_dfc = version >= 2
-        self.min_input_size = min_input_size(has_dfc)
-        channels = make_divisible(STEM_CHANNELS * width, 4)
-        self.stem = ConvBN(in_chans, channels, 3, stride=2, rngs=rngs)
-        stages, layer_id = [], 0
-        for stage in STAGES:
-            blocks = []
-            for kernel_size, expansion, out, se_ratio, stride in stage:
-                out_channels = make_divisible(out * width, 4)
-                blocks.append(
-                    GhostBottleneck(
-                        channels,
-                        make_divisible(expansion * width, 4),
-                        out_channels,
-                        kernel_size=kernel_size,
-                        stride=stride,
-                        se_ratio=se_ratio,
-                        dfc=has_dfc and layer_id >= FIRST_DFC_LAYER,
-                        dfc_upsample=dfc_upsample,
-                        rep=rep,
-                        rngs=rngs,
-                    )
-                )
-                channels, layer_id = out_channels, layer_id + 1
-            stages.append(nnx.List(blocks))
-        self.blocks = nnx.List(stages)
-        self.final_conv = ConvBN(channels, make_divisible(FINAL_CHANNELS * width, 4), 1, rngs=rngs)
+        super().__init__(version=version, width=width, in_chans=in_chans, dfc_upsample=dfc_upsample, rep=rep,
+                         remat=remat, num_stages=len(STAGES), rngs=rngs)
+        final_channels = make_divisible(FINAL_CHANNELS * width, 4)
+        self.final_conv = ConvBN(self.blocks[-1][-1].ghost2.out_features, final_channels, 1, rngs=rngs)
         self.conv_head = Conv2d(self.final_conv.bn.num_features, HEAD_CHANNELS, 1, use_bias=True, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         self.classifier = torch_linear(HEAD_CHANNELS, num_classes, rngs) if num_classes else None
-        self.remat = remat
         self.dtype = compute_dtype(dtype)
         self.set_attributes(dtype=self.dtype, raise_if_not_found=False)  # every conv (the classifier: float32)
-
-    def check_input(self, shape: Sequence[int]) -> None:
-        """Raises ValueError unless `shape` is an NHWC batch this network can process."""
-        if len(shape) != 4:
-            raise ValueError(f"expected an NHWC batch of rank 4, got shape {tuple(shape)}")
-        channels = self.stem.conv.in_features
-        if shape[-1] != channels:
-            raise ValueError(f"expected {channels} input channels (NHWC), got shape {tuple(shape)}")
-        if min(shape[1], shape[2]) < self.min_input_size:
-            raise ValueError(
-                f"input {shape[1]}x{shape[2]} is too small for GhostNetV{self.version}: DFC attention pools every "
-                f"block's input by 2, which needs at least {self.min_input_size}x{self.min_input_size} pixels"
-            )
 
     def forward_features(self, x: jax.Array) -> jax.Array:
         """Stem and bottlenecks and the final 1x1 conv: the (N, H/32, W/32, 960*width) feature map."""
         self.check_input(x.shape)
         x = jax.nn.relu(self.stem(x))
-        call = remat_call if self.remat == "block" else _call_block
         for stage in self.blocks:
-            for block in stage:
-                x = call(block, x)
+            x = self.run_stage(stage, x)
         return jax.nn.relu(self.final_conv(x))
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -290,3 +325,42 @@ class GhostNet(nnx.Module):
         x = self.dropout(x, rngs=rngs)
         x = x if self.classifier is None else self.classifier(x)
         return x.astype(jnp.float32)
+
+
+class GhostNetFeatures(_Trunk):
+    """GhostNet as a backbone: the NHWC feature maps timm's `features_only=True` returns, for `out_indices` into
+    `feature_info(width)` (default all five: strides 2, 4, 8, 16, 32). Only the stages up to the last requested
+    map are built, as timm does. The maps are in the compute `dtype`."""
+
+    def __init__(self, *, width: float = 1.0, out_indices: Sequence[int] = (0, 1, 2, 3, 4), dtype="float32",
+                 **trunk: Any):
+        """`trunk`: `GhostNet`'s other arguments (version, in_chans, dfc_upsample, rep, remat, rngs)."""
+        available = feature_info(width)
+        out_indices = tuple(out_indices)
+        if not out_indices or any(not isinstance(i, int) or not 0 <= i < len(available) for i in out_indices):
+            raise ValueError(f"out_indices {out_indices} must be indices into the {len(available)} feature maps "
+                             f"{[info.module for info in available]}")
+        self.out_indices = out_indices
+        self.feature_info = tuple(available[i] for i in out_indices)
+        last = max(out_indices)
+        num_stages = 0 if last == 0 else int(available[last].module.split(".")[1]) + 1
+        super().__init__(width=width, num_stages=num_stages, **trunk)
+        self.dtype = compute_dtype(dtype)
+        self.set_attributes(dtype=self.dtype, raise_if_not_found=False)
+
+    def __call__(self, x: jax.Array) -> list[jax.Array]:
+        self.check_input(x.shape)
+        taps = {info.module for info in self.feature_info}
+        if "conv_stem" in taps and self.stem.bn is None:
+            raise ValueError("the first feature map is the stem conv's output before its BatchNorm, which "
+                             "fold_batchnorm folded into the conv; fold a model without out_indices 0")
+        features = []
+        x = self.stem.conv(x)
+        if "conv_stem" in taps:
+            features.append(x)
+        x = jax.nn.relu(x if self.stem.bn is None else self.stem.bn(x))
+        for index, stage in enumerate(self.blocks):
+            x = self.run_stage(stage, x)
+            if f"blocks.{index}" in taps:
+                features.append(x)
+        return features

@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 import numbers
 from types import ModuleType
-from typing import Any
+from typing import Any, Sequence
 
 from flax import nnx
 
 from ghostnet_jax.models import beit, resnet
-from ghostnet_jax.models.ghostnet import GhostNet, RepSettings
+from ghostnet_jax.models.ghostnet import GhostNet, GhostNetFeatures, RepSettings
 from ghostnet_jax.models.kernels import UPSAMPLE_METHODS
 from ghostnet_jax.models.layers import check_count, compute_dtype
 
@@ -65,9 +65,19 @@ def allowed_overrides(name: str) -> set[str]:
 
 
 def create_model(
-    name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = None, **overrides: Any
-) -> GhostNet | resnet.ResNet | beit.Beit:
+    name: str,
+    *,
+    num_classes: int = 1000,
+    rngs: nnx.Rngs | None = None,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    **overrides: Any,
+) -> GhostNet | GhostNetFeatures | resnet.ResNet | beit.Beit:
     """Builds the named variant in train mode (call `.eval()` for inference).
+
+    `features_only=True` (GhostNets) builds the backbone timm's `features_only=True` builds: its call returns the
+    NHWC feature maps `out_indices` selects (default all five, strides 2 to 32; see `model.feature_info`), and
+    there is no head (`num_classes` and `dropout` do not apply).
 
     Overrides: `width` (any positive multiplier), `dropout` (head dropout rate, default 0.2), `in_chans`
     (default 3), `dtype` (compute dtype: 'float32', the default, or 'bfloat16'; parameters stay float32);
@@ -82,7 +92,13 @@ def create_model(
     check_count("num_classes", num_classes, 0)
     check_count("in_chans", overrides.get("in_chans", 3), 1)
     if family := teacher_family(name):
+        if features_only or out_indices is not None:
+            raise ValueError(f"features_only/out_indices are for GhostNets; {name} is a teacher")
         return family.create(name, num_classes=num_classes, rngs=rngs, **overrides)
+    if out_indices is not None and not features_only:
+        raise ValueError("out_indices selects feature maps: it needs features_only=True")
+    if features_only and "dropout" in overrides:
+        raise ValueError("dropout is the head's, and features_only=True builds no head")
     version, default_width = VARIANTS[name]
     width = overrides.get("width", default_width)
     if isinstance(width, bool) or not isinstance(width, numbers.Real) or not (math.isfinite(width) and width > 0):
@@ -104,17 +120,18 @@ def create_model(
             scale_branch=bool(overrides.get("scale_branch", True)),
             identity_branch=bool(overrides.get("identity_branch", True)),
         )
-    return GhostNet(
+    common = dict(
         version=version,
         width=float(width),
-        num_classes=num_classes,
-        dropout=float(dropout),
         in_chans=in_chans,
         dfc_upsample=dfc_upsample,
         rep=rep,
         dtype=compute_dtype(overrides.get("dtype", "float32")),
         rngs=rngs if rngs is not None else nnx.Rngs(0),
     )
+    if features_only:
+        return GhostNetFeatures(out_indices=(0, 1, 2, 3, 4) if out_indices is None else out_indices, **common)
+    return GhostNet(num_classes=num_classes, dropout=float(dropout), **common)
 
 
 def _version(name: str) -> int:
