@@ -38,6 +38,13 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
     c.remat = "none"  # 'block': recompute each bottleneck's activations in the backward pass (less memory)
+    # Fine-tuning: start from the weights (and BatchNorm statistics) of a saved network: converted weights or a
+    # run's checkpoints directory (its EMA weights). The classifier is re-initialised when the number of classes
+    # differs. The run's own checkpoints, once it has some, take precedence (resume).
+    c.init_from = ""
+    # The backbone (all but the classifier) frozen for the first freeze_steps steps (weights unchanged, BatchNorm on
+    # its running statistics; at least the run's steps: a linear probe), and its learning rate scaled after that.
+    c.finetune = ml_collections.ConfigDict(dict(freeze_steps=0, backbone_lr_scale=1.0))
     c.data = default_data_config()
     c.batch_size = 1024  # global, over all hosts and devices
     c.num_epochs = 600.0
@@ -116,6 +123,27 @@ def fashion_mnist(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     config.optim.update(name="sgd", lr=0.2, warmup_epochs=0.1, warmup_lr=0.01, min_lr=1e-4, weight_decay=5e-5)
     config.ema.decay = 0.998
     config.log_every_steps = 50
+    config.eval_every_epochs = 1.0
+    config.checkpoint_every_steps = 200
+    return config
+
+
+def finetune(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Fine-tuning released ImageNet weights on your own images: set --config.init_from (converted weights) and
+    --config.data.folder (DIR/train/CLASS/*.jpg and DIR/test|val|validation/CLASS/*.jpg).
+
+    The converted weights' own inputs (224 px, ImageNet mean/std, bicubic); a short run at a tenth of the
+    from-scratch learning rate, no distillation, mild RandAugment; the images are read from disk every epoch
+    (they may differ in size, so they cannot be cached as one array).
+    """
+    config.data.update(name="folder", randaugment="rand-m7-mstd0.5", random_erasing=0.0, cache=False)
+    config.batch_size = 64
+    config.num_epochs = 10.0
+    config.optim.update(name="sgd", lr=0.01, warmup_epochs=1.0, warmup_lr=1e-4, min_lr=0.0, weight_decay=1e-5)
+    config.distill.alpha = 0.0
+    config.mixup.update(mixup_alpha=0.0, cutmix_alpha=0.0)
+    config.ema.decay = 0.998
+    config.log_every_steps = 10
     config.eval_every_epochs = 1.0
     config.checkpoint_every_steps = 200
     return config

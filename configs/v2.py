@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from configs.common import base_config, fashion_mnist, with_preset
+from configs.common import base_config, fashion_mnist, finetune, with_preset
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
@@ -15,4 +15,4 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         decay_epochs=2.4, decay_rate=0.973, warmup_epochs=3.0, warmup_lr=1e-6, min_lr=1e-5,
     )
     config.distill.alpha = 0.0
-    return with_preset(config, preset, {"fashion_mnist": fashion_mnist}, "configs/v2.py")
+    return with_preset(config, preset, {"fashion_mnist": fashion_mnist, "finetune": finetune}, "configs/v2.py")

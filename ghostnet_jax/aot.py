@@ -39,7 +39,8 @@ from ghostnet_jax.training.loop import (
     step_counts,
     student_model,
 )
-from ghostnet_jax.training.optim import create_optimizer, learning_rate_schedule
+from ghostnet_jax.training.finetune import training_optimizer
+from ghostnet_jax.training.optim import learning_rate_schedule
 from ghostnet_jax.training.state import create_train_state, split_model
 from ghostnet_jax.training.steps import make_eval_step, make_train_step
 from ghostnet_jax.training.teacher import load_teacher
@@ -142,7 +143,7 @@ class Programs:
         self.graphdef, params, batch_stats, self.rest = split_model(model)
         steps_per_epoch, _ = step_counts(config, self.info.num_train)
         self.schedule = schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.num_epochs)
-        self.tx = tx = create_optimizer(config.optim, schedule)
+        self.tx = tx = training_optimizer(config, schedule)
         self.state = jax.eval_shape(lambda p, b: create_train_state(p, b, tx, config.seed), params, batch_stats)
         teacher_graphdef, self.teacher_variables, view = (
             load_teacher(config, self.info.num_classes, self.info.channels, overrides["dtype"], abstract=True)

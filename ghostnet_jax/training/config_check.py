@@ -31,6 +31,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             config.remat == "none" or teacher_family(config.model.name) is None,
             f"must be 'none' for {config.model.name} ('block' recomputes GhostNet bottlenecks only)",
         ),
+        (
+            "init_from",
+            not config.init_from or teacher_family(config.model.name) is None,
+            f"fine-tunes GhostNets; {config.model.name} is a teacher",
+        ),
+        (
+            "finetune.freeze_steps",
+            isinstance(config.finetune.freeze_steps, int) and config.finetune.freeze_steps >= 0,
+            "must be an integer >= 0",
+        ),
+        ("finetune.backbone_lr_scale", config.finetune.backbone_lr_scale >= 0, "must be >= 0"),
+        (
+            "data.folder",
+            config.data.name != "folder" or bool(config.data.folder),
+            "must name your image folder (DIR/SPLIT/CLASS/IMAGE): the finetune preset reads one",
+        ),
         ("batch_size", config.batch_size > 0, "must be positive"),
         ("num_epochs", config.num_epochs > 0, "must be positive"),
         ("max_steps", config.max_steps is None or config.max_steps > 0, "must be positive or None"),

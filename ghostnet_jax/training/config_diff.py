@@ -18,6 +18,8 @@ FREE_FIELDS = {
     "data.num_parallel_calls",
 }
 FREE_PREFIXES = ("distributed.",)
+# Fields added to the configs after runs were saved: a saved config without one ran as its default does.
+ADDED_FIELDS = {"init_from": "", "finetune.freeze_steps": 0, "finetune.backbone_lr_scale": 1.0}
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -56,7 +58,7 @@ def changed_fields(saved: dict[str, Any] | None, current: dict[str, Any]) -> lis
     """The fields (dotted, as on the command line) whose values differ and that change what training computes."""
     if saved is None:
         return []
-    saved, current = flatten(_as_json(saved)), flatten(_as_json(current))
+    saved, current = ADDED_FIELDS | flatten(_as_json(saved)), flatten(_as_json(current))
     return [key for key in sorted(set(saved) | set(current))
             if saved.get(key) != current.get(key) and key not in FREE_FIELDS and not key.startswith(FREE_PREFIXES)]
 

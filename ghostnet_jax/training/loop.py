@@ -14,7 +14,13 @@ from flax import nnx
 
 from ghostnet_jax.checkpoint import model_spec, model_variables
 from ghostnet_jax.data import model_inputs
-from ghostnet_jax.data.pipeline import dataset_info, eval_batches, prefetch_to_device, train_batches
+from ghostnet_jax.data.pipeline import (
+    dataset_info,
+    eval_batches,
+    prefetch_to_device,
+    resolve_folder_splits,
+    train_batches,
+)
 from ghostnet_jax.models import allowed_overrides, create_model, fuse
 from ghostnet_jax.storage import storage_path
 from ghostnet_jax.training import hosts
@@ -22,7 +28,8 @@ from ghostnet_jax.training.checkpointing import BEST_METRIC, TrainCheckpointer
 from ghostnet_jax.training.compilation_cache import use_compilation_cache
 from ghostnet_jax.training.config_check import validate_config
 from ghostnet_jax.training.logger import MetricLogger
-from ghostnet_jax.training.optim import create_optimizer, learning_rate_schedule
+from ghostnet_jax.training.finetune import init_from, training_optimizer
+from ghostnet_jax.training.optim import learning_rate_schedule
 from ghostnet_jax.training.preemption import Preempted, Preemption
 from ghostnet_jax.training.run_configs import RunConfigs
 from ghostnet_jax.training.state import TrainState, create_train_state, split_model
@@ -144,6 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     """Trains (or with mode='eval' evaluates) as `config` says, in `workdir` (a path or URL); returns the final
     metrics. Raises `Preempted` after checkpointing when SIGTERM stopped the run."""
     validate_config(config)
+    resolve_folder_splits(config.data)
     use_compilation_cache(config.compilation_cache_dir)
     workdir = storage_path(workdir)
     is_main = hosts.is_main()
@@ -155,6 +163,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     platform = jax.local_devices()[0].platform  # kernels and the 'auto' dtype follow the devices the steps run on
     overrides = model_overrides(config, info.channels, platform)
     model = student_model(config, info.num_classes, overrides)
+    if config.init_from:  # read on every start; a resumed run's checkpoint then replaces it
+        init_from(model, config.init_from, config.model.name)
     teacher_graphdef, teacher_variables, view = (
         (None, None, None) if read_only else load_teacher(config, info.num_classes, info.channels, overrides["dtype"])
     )
@@ -166,7 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     steps_per_epoch, total_steps = step_counts(config, info.num_train)
     schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.num_epochs)
-    tx = create_optimizer(config.optim, schedule)
+    tx = training_optimizer(config, schedule)
     state = create_train_state(params, batch_stats, tx, config.seed)
 
     hosts.barrier("started")  # before Orbax's first collective: start-ups (preparing a dataset) may differ by minutes
@@ -198,10 +208,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         return metrics
 
     teacher_variables = hosts.replicated(teacher_variables)  # placed once, not sent to every device at every step
-    train_step = make_train_step(
-        graphdef, tx, schedule, config, info.num_classes, teacher_graphdef, view, platform=platform
-    )
-    p_train_step = pmap_train_step(train_step)
+    p_train_steps = {
+        frozen: pmap_train_step(make_train_step(graphdef, tx, schedule, config, info.num_classes, teacher_graphdef,
+                                                view, platform=platform, frozen_backbone=frozen))
+        for frozen in (False, True)
+    }  # each compiled when first called: the frozen one only for fine-tuning
     batches = prefetch_to_device(
         train_batches(config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step)
     )
@@ -217,6 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     hosts.barrier("first-step")
     try:
         for step in range(start_step, total_steps):
+            p_train_step = p_train_steps[step < config.finetune.freeze_steps]
             state, step_metrics = p_train_step(state, rest, teacher_variables, next(batches))
             done = step + 1
             losses_finite = _still_finite(losses_finite, step_metrics["loss"])

@@ -11,6 +11,7 @@ import optax
 from flax import nnx
 
 from ghostnet_jax.models import compiling_for
+from ghostnet_jax.training.finetune import freeze_batchnorm, stop_backbone_gradients
 from ghostnet_jax.training.losses import distillation_loss, smooth_labels
 from ghostnet_jax.training.mixup import mix_batch
 from ghostnet_jax.training.state import TrainState, ema_decay, ema_update
@@ -36,6 +37,7 @@ def make_train_step(
     teacher_view: Callable[[jax.Array], jax.Array] | None = None,
     *,
     platform: str | None = None,
+    frozen_backbone: bool = False,
 ) -> Callable:
     """Returns step(state, rest, teacher_variables, batch) -> (state, metrics), to be pmapped over AXIS.
 
@@ -50,6 +52,10 @@ def make_train_step(
     `teacher_view`, e.g. a `training.teacher.TeacherView`, when given) under stop_gradient, outside the
     differentiated function. Gradients, metrics and BatchNorm statistics are averaged across devices, so the state
     stays replicated.
+
+    With `frozen_backbone` (fine-tuning, `training.finetune`) the backbone gets no gradient and its BatchNorm runs
+    on, and keeps, its running statistics; the optimizer (`finetune.training_optimizer`) leaves its weights as they
+    are.
     """
     use_mixup = config.mixup.mixup_alpha > 0 or config.mixup.cutmix_alpha > 0
 
@@ -71,7 +77,11 @@ def make_train_step(
                 teacher_logits = jax.lax.stop_gradient(nnx.merge(teacher_graphdef, teacher_variables)(teacher_images))
 
         def loss_fn(params):
+            if frozen_backbone:
+                params = stop_backbone_gradients(params)
             model = nnx.merge(graphdef, params, state.batch_stats, rest, copy=True)
+            if frozen_backbone:
+                freeze_batchnorm(model)
             logits = model(images, rngs=nnx.Rngs(dropout=dropout_rng))
             loss, parts = distillation_loss(
                 logits,
@@ -85,7 +95,7 @@ def make_train_step(
 
         (loss, (logits, parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grads = jax.lax.pmean(grads, AXIS)
-        batch_stats = jax.lax.pmean(batch_stats, AXIS)
+        batch_stats = state.batch_stats if frozen_backbone else jax.lax.pmean(batch_stats, AXIS)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = ema_decay(state.step, config.ema.decay, config.ema.warmup)
