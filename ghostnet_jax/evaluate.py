@@ -32,7 +32,7 @@ def accuracy(model: nnx.Module, batches: Iterable[dict[str, np.ndarray]]) -> dic
     @nnx.jit
     def counts(model, image, label, mask):
         logits = model(image)
-        hits = jnp.stack([jnp.sum(top_k_correct(logits, label, k) * mask) for k in (1, 5)])
+        hits = jnp.stack([jnp.sum(top_k_correct(logits, label, min(k, logits.shape[-1])) * mask) for k in (1, 5)])
         return hits, jnp.sum(mask)
 
     correct, total = np.zeros(2), 0.0
@@ -51,6 +51,10 @@ def data_config(args: argparse.Namespace, spec: dict) -> ml_collections.ConfigDi
     data = pipeline.default_data_config()
     data.name, data.eval_split, data.cache = args.data, args.split or recorded["eval_split"], False
     data.data_dir = args.data_dir
+    if args.folder is not None:
+        data.folder = args.folder
+    elif args.data == "folder":  # the image folder the checkpoint was trained on
+        data.folder = recorded["folder"]
     data.image_size, data.eval_crop_pct, data.interpolation = args.image_size, args.crop_pct, args.interpolation
     if args.mean is not None:
         data.mean = tuple(args.mean)
@@ -87,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     parser.add_argument("--data", default=None, help="TFDS dataset name (default: the checkpoint's)")
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir (default: TFDS's)")
+    parser.add_argument("--folder", default=None,
+                        help="an image folder, DIR/SPLIT/CLASS/IMAGE (default: the checkpoint's, if it was trained "
+                             "on one)")
     parser.add_argument("--split", default=None,
                         help="eval split, e.g. 'validation' or 'test[:1000]' (default: the checkpoint's)")
     add_transform_arguments(parser)
@@ -106,9 +113,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data = data_config(args, spec)
     info = pipeline.dataset_info(data)
     if info.num_classes != spec["num_classes"]:
-        raise ValueError(f"{data.name} has {info.num_classes} classes but the checkpoint's model {spec['num_classes']}")
+        raise ValueError(f"{data.folder or data.name} has {info.num_classes} classes but the checkpoint's model "
+                         f"{spec['num_classes']}")
     result = accuracy(model, pipeline.eval_batches(data, global_batch_size=args.batch_size))
-    print(json.dumps({"checkpoint": args.checkpoint, "data": data.name, "split": data.eval_split} | result))
+    print(json.dumps({"checkpoint": args.checkpoint, "data": data.folder or data.name, "split": data.eval_split}
+                     | result))
     return result
 
 

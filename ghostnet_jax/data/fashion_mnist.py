@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-_FILES = {
+FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
@@ -48,7 +48,7 @@ class FashionMnistDebian(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
         del dl_manager  # nothing to download
-        paths = {split: [os.path.join(self.source_dir, name) for name in names] for split, names in _FILES.items()}
+        paths = {split: [os.path.join(self.source_dir, name) for name in names] for split, names in FILES.items()}
         missing = [path for pair in paths.values() for path in pair if not os.path.exists(path)]
         if missing:
             raise FileNotFoundError(

@@ -9,13 +9,14 @@ timm's) with their WordNet lemmas.
 from __future__ import annotations
 
 import functools
+import os
 from importlib import resources
 from typing import Any
 
 import ml_collections
 import tensorflow_datasets as tfds
 
-from ghostnet_jax.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
+from ghostnet_jax.data.pipeline import IMAGENET_MEAN, IMAGENET_STD, image_folder
 
 # timm's pretrained config for every ImageNet GhostNet (V1, V2, V3): what converted weights expect.
 IMAGENET_GHOSTNET = {
@@ -54,11 +55,16 @@ def dataset_label_names(name: str, data_dir: str | None = None) -> list[str] | N
 
 
 def from_data_config(data: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The `spec["data"]` of a model trained with this data config: its eval transform and class names."""
-    return {
-        "dataset": data.name,
+    """The `spec["data"]` of a model trained with this data config: its eval transform and class names (and, for an
+    image folder, the folder, as an absolute path where it is local)."""
+    if data.folder:
+        folder = data.folder if "://" in data.folder else os.path.abspath(os.path.expanduser(data.folder))
+        source = {"dataset": "folder", "folder": folder,
+                  "labels": list(image_folder(data.folder).info.features["label"].names)}
+    else:
+        source = {"dataset": data.name, "labels": dataset_label_names(data.name, data.data_dir)}
+    return source | {
         "eval_split": data.eval_split,
-        "labels": dataset_label_names(data.name, data.data_dir),
         "image_size": int(data.image_size),
         "crop_pct": float(data.eval_crop_pct),
         "interpolation": "bicubic" if data.interpolation == "random" else data.interpolation,

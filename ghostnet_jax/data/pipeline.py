@@ -60,6 +60,9 @@ def default_data_config() -> ml_collections.ConfigDict:
         "shuffle_buffer": 16384,
         "num_parallel_calls": tf.data.AUTOTUNE,
         "cache": False,  # hold the decoded split in memory (small datasets)
+        # Your own images instead of a TFDS dataset: DIR/SPLIT/CLASS/*.jpg (or .png, ...), read by TFDS's
+        # ImageFolder; train on train_split, evaluate on eval_split or the first of test, val, validation it has.
+        "folder": "",
         "num_classes": ml_collections.FieldReference(None, field_type=int),  # None: from the TFDS info
         "num_train": ml_collections.FieldReference(None, field_type=int),
         "num_eval": ml_collections.FieldReference(None, field_type=int),
@@ -103,9 +106,8 @@ def train_batches(
         stream_batch = global_batch_size
     else:  # every host streams batches from its own slice of the split
         base_seed = tf.constant([seed, jax.process_index()], tf.int64)
-        split = _host_split(data.train_split, drop_remainder=True)
-        num_examples = _host_size(builder, split, info.num_train)
-        epoch_records = _shuffled_epochs(builder, data, split, base_seed)
+        source, num_examples = _host_share(builder, data, data.train_split, info.num_train, drop_remainder=True)
+        epoch_records = _shuffled_epochs(source, data, base_seed)
         stream_batch = local_batch
 
     start_epoch, offset = divmod(start_step * stream_batch, num_examples)
@@ -134,7 +136,7 @@ def eval_batches(data: ml_collections.ConfigDict, *, global_batch_size: int) -> 
     local_batch = per_device * jax.local_device_count()
     info = dataset_info(data)
     builder = _builder(data)
-    split = _host_split(data.eval_split, drop_remainder=False)
+    source, _ = _host_share(builder, data, data.eval_split, info.num_eval, drop_remainder=False)
     mean, std = channel_stats(data.mean, data.std, info.channels)
     interpolation = "bicubic" if data.interpolation == "random" else data.interpolation
 
@@ -144,7 +146,7 @@ def eval_batches(data: ml_collections.ConfigDict, *, global_batch_size: int) -> 
         return {"image": transforms.normalise(image, mean, std), "label": tf.cast(ex["label"], tf.int32),
                 "mask": tf.constant(1.0)}
 
-    real = _as_dataset(builder, data, split).map(transform, num_parallel_calls=data.num_parallel_calls)
+    real = source.map(transform, num_parallel_calls=data.num_parallel_calls)
     padding = tf.data.Dataset.from_tensors({
         "image": tf.zeros([data.image_size, data.image_size, info.channels]),
         "label": tf.constant(0),
@@ -174,6 +176,8 @@ def prefetch_to_device(iterator: Iterable[dict[str, np.ndarray]], size: int = 2)
 
 
 def _builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    if data.folder:
+        return image_folder(data.folder)
     builder = tfds.builder(data.name, data_dir=data.data_dir)
     if data.name in _LOCAL_DATASETS and not builder.is_prepared():
         skip_stats = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
@@ -184,6 +188,35 @@ def _builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
             if not builder.is_prepared():
                 raise
     return builder
+
+
+def image_folder(directory: str) -> tfds.ImageFolder:
+    """TFDS's reader of `directory/SPLIT/CLASS/*.jpg|png|...` (class names in sorted order, 3-channel images of any
+    size); a directory without that layout is a FileNotFoundError that says what was expected."""
+    if not tf.io.gfile.isdir(directory):
+        raise FileNotFoundError(f"config.data.folder {directory!r} is not a directory")
+    builder = tfds.ImageFolder(directory)
+    if not builder.info.splits:
+        raise FileNotFoundError(f"config.data.folder {directory!r} holds no images as SPLIT/CLASS/IMAGE (e.g. "
+                                "train/cat/1.jpg)")
+    return builder
+
+
+def resolve_folder_splits(data: ml_collections.ConfigDict) -> None:
+    """For an image folder: checks that `data.train_split` exists, and makes `data.eval_split` the first of itself,
+    'test', 'val' and 'validation' that the folder has. Errors list the folder's splits."""
+    if not data.folder:
+        return
+    splits = sorted(image_folder(data.folder).info.splits)
+    if data.train_split not in splits:
+        raise ValueError(f"config.data.folder {data.folder!r} has no {data.train_split!r} split (config.data."
+                         f"train_split); it has {splits}")
+    candidates = [data.eval_split, "test", "val", "validation"]
+    found = next((split for split in candidates if split in splits), None)
+    if found is None:
+        raise ValueError(f"config.data.folder {data.folder!r} has none of the eval splits {candidates}; it has "
+                         f"{splits}")
+    data.eval_split = found
 
 
 def _not_prepared(data: ml_collections.ConfigDict) -> str:
@@ -208,17 +241,22 @@ def _as_dataset(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDi
         raise FileNotFoundError(_not_prepared(data)) from error
 
 
-def _host_split(split: str, drop_remainder: bool):
-    """This process's share of `split`: the whole split on one host, an even slice otherwise."""
-    if jax.process_count() == 1:
-        return split
-    return tfds.even_splits(split, n=jax.process_count(), drop_remainder=drop_remainder)[jax.process_index()]
-
-
-def _host_size(builder: tfds.core.DatasetBuilder, split, num_examples: int) -> int:
-    if jax.process_count() == 1:
-        return num_examples
-    return builder.info.splits[split].num_examples
+def _host_share(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDict, split: str, num_examples: int,
+                *, drop_remainder: bool) -> tuple[tf.data.Dataset, int]:
+    """This process's share of `split` and its size: the whole split on one host, an even slice otherwise (TFDS's
+    `even_splits`; an image folder, whose builder reads whole splits only, is sharded in its file order, the same on
+    every host)."""
+    count, index = jax.process_count(), jax.process_index()
+    if count == 1:
+        return _as_dataset(builder, data, split), num_examples
+    if data.folder:
+        source = _as_dataset(builder, data, split)
+        if drop_remainder:
+            per_host = num_examples // count
+            return source.take(per_host * count).shard(count, index), per_host
+        return source.shard(count, index), len(range(index, num_examples, count))
+    share = tfds.even_splits(split, n=count, drop_remainder=drop_remainder)[index]
+    return _as_dataset(builder, data, share), builder.info.splits[share].num_examples
 
 
 def _load_in_memory(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDict, split):
@@ -242,10 +280,8 @@ def _permuted_epochs(images: tf.Tensor, labels: tf.Tensor, base_seed: tf.Tensor)
     return records
 
 
-def _shuffled_epochs(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDict, split,
-                     base_seed: tf.Tensor):
-    """epoch -> the split streamed in file order through a shuffle buffer seeded by (seed, epoch)."""
-    source = _as_dataset(builder, data, split)
+def _shuffled_epochs(source: tf.data.Dataset, data: ml_collections.ConfigDict, base_seed: tf.Tensor):
+    """epoch -> `source` streamed in file order through a shuffle buffer seeded by (seed, epoch)."""
     order_seed = tf.random.experimental.stateless_fold_in(base_seed, -1)
 
     def records(epoch: tf.Tensor) -> tf.data.Dataset:
