@@ -1,5 +1,6 @@
 """Shared fixtures: the timm reference (== the official code) with random weights and BatchNorm statistics."""
 
+import fcntl
 import os
 import tempfile
 
@@ -8,13 +9,17 @@ import tempfile
 # 35 s). XLA's graph, and so the maths every test checks, is the same; only the machine code is less optimised.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One persistent compilation cache for the session, this process and the runs it starts (the training configs'
-# default follows XDG_CACHE_HOME): tests that compile the same program, e.g. every run of one tiny training
-# config, compile it once. Never the user's own cache.
+# One persistent compilation cache for the test run: this process, pytest-xdist's workers (they inherit it from
+# the controlling process, which made it and removes it) and the runs they start (the training configs' default
+# follows XDG_CACHE_HOME). Tests that compile the same program, e.g. every run of one tiny training config, compile
+# it once whichever worker runs them. Never the user's own cache.
 # `use_compilation_cache` (here and in every run a test starts) keeps every program, however quickly it compiled:
 # the hundreds of small eager programs that each training run, module (after jax.clear_caches) and subprocess would
 # otherwise compile again are loaded (450 of them: 110 s compiled, 25 s loaded, on the loaded 2-core machine).
-os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ghostnet_jax_tests_")
+_OWNS_TEST_CACHE = "GHOSTNET_JAX_TEST_CACHE" not in os.environ
+if _OWNS_TEST_CACHE:
+    os.environ["GHOSTNET_JAX_TEST_CACHE"] = tempfile.mkdtemp(prefix="ghostnet_jax_tests_")
+os.environ["XDG_CACHE_HOME"] = os.environ["GHOSTNET_JAX_TEST_CACHE"]
 
 # torch (through timm) must be imported before tensorflow: the other order segfaults in this stack.
 import timm  # noqa: F401
@@ -91,10 +96,21 @@ def timm():
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    """One TFDS data_dir for the session: fashion_mnist_debian is built in it on first use, which takes a minute
-    (70,000 PNG encodings); the tests only read it. tests/test_data_pipeline.py checks the build in its own."""
-    return str(tmp_path_factory.mktemp("tfds"))
+def data_dir():
+    """One TFDS data_dir for the test run, with fashion_mnist_debian built in it (70,000 PNG encodings, a minute)
+    by the first worker that needs it while the other waits on a lock; the tests only read it.
+    tests/test_data_pipeline.py checks the build in its own."""
+    from configs import v1
+    from ghostnet_jax.data.pipeline import dataset_info
+
+    directory = os.path.join(os.environ["GHOSTNET_JAX_TEST_CACHE"], "tfds")
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = v1.get_config("fashion_mnist").data
+        data.data_dir = directory
+        dataset_info(data)  # prepares it unless it is prepared
+    return directory
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -109,7 +125,8 @@ def _release_compiled_programs():
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """The session's compilation cache goes with the session."""
+    """The test run's cache and dataset go with the process that made them."""
     import shutil
 
-    shutil.rmtree(os.environ["XDG_CACHE_HOME"], ignore_errors=True)
+    if _OWNS_TEST_CACHE:
+        shutil.rmtree(os.environ["GHOSTNET_JAX_TEST_CACHE"], ignore_errors=True)

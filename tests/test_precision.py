@@ -62,10 +62,10 @@ def test_under_bfloat16_the_classifier_computes_in_float32(name, head, overrides
     model = create_model(name, num_classes=10, dtype="bfloat16", rngs=nnx.Rngs(1), **overrides)
     model.eval()
     images = jax.random.normal(jax.random.key(0), (4, 48, 48, 3))  # V3's DFC needs 33 px or more
-    logits = np.asarray(model(images), np.float64)
+    logits = np.asarray(jit_forward(model, images), np.float64)
     classifier = getattr(model, head)
     setattr(model, head, None)  # the same network up to the head: it returns the features
-    features = np.asarray(model(images), np.float64)
+    features = np.asarray(jit_forward(model, images), np.float64)
     expected = features @ np.asarray(classifier.kernel.value, np.float64) + np.asarray(classifier.bias.value)
     scale = np.abs(expected).max()
     np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-6 * scale)
