@@ -51,7 +51,7 @@ def data_config(args: argparse.Namespace, spec: dict) -> ml_collections.ConfigDi
     data = pipeline.default_data_config()
     data.name, data.eval_split, data.cache = args.data, args.split or recorded["eval_split"], False
     data.data_dir = args.data_dir
-    if args.folder is not None:
+    if getattr(args, "folder", None) is not None:  # export's and deploy_accuracy's parsers have no --folder
         data.folder = args.folder
     elif args.data == "folder":  # the image folder the checkpoint was trained on
         data.folder = recorded["folder"]

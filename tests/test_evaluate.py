@@ -92,10 +92,12 @@ def test_predict_top5_names_and_probabilities(checkpoint, tmp_path):
 def test_predict_names_each_bad_input_in_one_line(checkpoint, tmp_path, capsys):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
+    (tmp_path / "empty").mkdir()
     cases = [
         ([str(bad)], "cannot read image .*broken.jpg"),
         ([str(tmp_path / "missing.png")], "cannot read image .*missing.png"),
-        ([str(tmp_path)], f"cannot read image '{tmp_path}'"),  # a directory
+        ([str(tmp_path)], "cannot read image .*broken.jpg"),  # a folder: its images are read
+        ([str(tmp_path / "empty")], "folder .*empty' holds no images"),
         (["--step", "99", str(bad)], "holds no complete checkpoint at step 99"),
         (["--dtype", "float16", str(bad)], "float16 is not supported"),
     ]

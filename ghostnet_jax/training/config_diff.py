@@ -19,7 +19,7 @@ FREE_FIELDS = {
 }
 FREE_PREFIXES = ("distributed.",)
 # Fields added to the configs after runs were saved: a saved config without one ran as its default does.
-ADDED_FIELDS = {"init_from": "", "finetune.freeze_steps": 0, "finetune.backbone_lr_scale": 1.0}
+ADDED_FIELDS = {"init_from": "", "finetune.freeze_steps": 0, "finetune.backbone_lr_scale": 1.0, "data.folder": ""}
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
