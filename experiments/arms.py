@@ -10,7 +10,8 @@ GhostNetV3 0.5x, N=3 with scale and identity branches, distillation alpha 0.5 / 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import ml_collections
 
@@ -91,9 +92,14 @@ ARMS: dict[str, Arm] = {
     "kd_off": _arm("distillation", changes={"distill.alpha": 0.0, "distill.temperature": 1.0}),
     "kd_t4": _arm("distillation", changes={"distill.alpha": 0.5, "distill.temperature": 4.0}),
     "kd_a1": _arm("distillation", changes={"distill.alpha": 1.0, "distill.temperature": 1.0}),
-    "step_decay": _arm("schedule", changes={
-        "optim.schedule": "step", "optim.decay_epochs": _step_decay_epochs, "optim.decay_rate": _step_decay_rate,
-    }),
+    "step_decay": _arm(
+        "schedule",
+        changes={
+            "optim.schedule": "step",
+            "optim.decay_epochs": _step_decay_epochs,
+            "optim.decay_rate": _step_decay_rate,
+        },
+    ),
     "aug_none": _arm("augmentation", changes=augmentation(randaugment=False, erasing=False)),
     "aug_ra": _arm("augmentation", changes=augmentation(randaugment=True, erasing=False)),
     "aug_re": _arm("augmentation", changes=augmentation(randaugment=False, erasing=True)),

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -121,8 +121,9 @@ def activation_lower_bound(name: str, size: int, batch: int, dtype: str) -> floa
     shape = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
     jaxpr = jax.make_jaxpr(lambda state, x: nnx.merge(graphdef, state)(x))(state, shape)
     compute = ("conv_general_dilated", "dot_general")
-    outputs = sum(v.aval.size * v.aval.dtype.itemsize for e in jaxpr.jaxpr.eqns if e.primitive.name in compute
-                  for v in e.outvars)
+    outputs = sum(
+        v.aval.size * v.aval.dtype.itemsize for e in jaxpr.jaxpr.eqns if e.primitive.name in compute for v in e.outvars
+    )
     params = sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
     return (2 * outputs + 5 * 4 * params) / batch
 
@@ -190,8 +191,17 @@ def build_ours_train(
     return run, lambda: step.lower(carry[0], teacher_variables, images, labels).compile()
 
 
-def ours_train(name: str, size: int, batch: int, dtype: str, impl: str, remat: str, warmup: int, repeats: int,
-               teacher: str | None = None) -> dict:
+def ours_train(
+    name: str,
+    size: int,
+    batch: int,
+    dtype: str,
+    impl: str,
+    remat: str,
+    warmup: int,
+    repeats: int,
+    teacher: str | None = None,
+) -> dict:
     """Timings, plus XLA's analyses of the compiled step: cost per image (flops, bytes accessed) against the floor,
     and its temporary buffer (`temp_bytes`: the activations and gradients the step keeps live at its peak, on any
     device; what remat should lower)."""
@@ -420,8 +430,9 @@ def measure(job: dict) -> dict:
         fn = functools.partial(ours_train, remat=job["remat"]) if side == "ours" else timm_train
         result = fn(job["model"], job["size"], job["batch"], job["dtype"], **common)
     elif kind == "teacher":  # ours only: what the teacher adds to our own step
-        result = ours_train(job["model"], job["size"], job["batch"], job["dtype"], remat="none",
-                            teacher=job["teacher"], **common)
+        result = ours_train(
+            job["model"], job["size"], job["batch"], job["dtype"], remat="none", teacher=job["teacher"], **common
+        )
     elif kind in ("infer", "latency"):
         fn = ours_infer if side == "ours" else timm_infer
         result = fn(job["model"], job["fused"], job["size"], job["batch"], job["dtype"], **common)
@@ -461,19 +472,47 @@ def jobs(args: argparse.Namespace) -> list[dict]:
                     plain = f"train {model} {size}px b{args.batch} {dtype}"
                     for remat in args.remat:
                         label = plain + (" remat" if remat == "block" else "")
-                        settings.append(dict(base, kind="train", label=label, model=model, size=size,
-                                             batch=args.batch, dtype=dtype, remat=remat, timm_label=plain))
+                        settings.append(
+                            dict(
+                                base,
+                                kind="train",
+                                label=label,
+                                model=model,
+                                size=size,
+                                batch=args.batch,
+                                dtype=dtype,
+                                remat=remat,
+                                timm_label=plain,
+                            )
+                        )
     for kind, batch in (("infer", args.batch), ("latency", 1)):
         if kind in args.suites:
             for label, model, fused in inference_variants(args.models):
                 for dtype in args.dtypes:
                     label_ = f"{kind} {label} {args.infer_size}px b{batch} {dtype}"
-                    settings.append(dict(base, kind=kind, label=label_, model=model, fused=fused,
-                                         size=args.infer_size, batch=batch, dtype=dtype))
+                    settings.append(
+                        dict(
+                            base,
+                            kind=kind,
+                            label=label_,
+                            model=model,
+                            fused=fused,
+                            size=args.infer_size,
+                            batch=batch,
+                            dtype=dtype,
+                        )
+                    )
     if "pipeline" in args.suites:
         settings.append(
-            dict(base, kind="pipeline", label=f"input pipeline 224px, {args.workers} workers", workers=args.workers,
-                 batch=32, images=args.pipeline_images, repeats=args.pipeline_repeats)
+            dict(
+                base,
+                kind="pipeline",
+                label=f"input pipeline 224px, {args.workers} workers",
+                workers=args.workers,
+                batch=32,
+                images=args.pipeline_images,
+                repeats=args.pipeline_repeats,
+            )
         )
     measured = []
     for setting in settings:
@@ -485,10 +524,20 @@ def jobs(args: argparse.Namespace) -> list[dict]:
             for dtype in args.dtypes:
                 student = f"teacher {model} {args.teacher_image_size}px b{args.batch} {dtype}"
                 for teacher in (None, *args.teachers):
-                    measured.append(dict(base, kind="teacher", side="ours", model=model, teacher=teacher,
-                                         size=args.teacher_image_size, batch=args.batch, dtype=dtype,
-                                         label=f"{student} + {teacher}" if teacher else f"{student} alone",
-                                         alone=f"{student} alone"))
+                    measured.append(
+                        dict(
+                            base,
+                            kind="teacher",
+                            side="ours",
+                            model=model,
+                            teacher=teacher,
+                            size=args.teacher_image_size,
+                            batch=args.batch,
+                            dtype=dtype,
+                            label=f"{student} + {teacher}" if teacher else f"{student} alone",
+                            alone=f"{student} alone",
+                        )
+                    )
     if "deploy" in args.suites:
         measured += deploy_jobs(args, base)
     return measured
@@ -500,13 +549,22 @@ def deploy_jobs(args: argparse.Namespace, base: dict) -> list[dict]:
     for model in args.models:
         prefix = f"deploy {model} {args.infer_size}px"
         setting = dict(base, model=model, size=args.infer_size, directory=str(Path(args.deploy_dir) / model))
-        measured.append(dict(setting, kind="deploy_files", side="export", label=f"{prefix} files",
-                             runtimes=args.deploy_runtimes))
+        measured.append(
+            dict(setting, kind="deploy_files", side="export", label=f"{prefix} files", runtimes=args.deploy_runtimes)
+        )
         for threads in args.deploy_threads:
             for runtime in args.deploy_runtimes:
                 batches = [1] if runtime in BATCH_1_ONLY else sorted({1, args.batch})
-                measured.append(dict(setting, kind="deploy", side=runtime, label=f"{prefix} {threads}t",
-                                     threads=threads, batches=batches))
+                measured.append(
+                    dict(
+                        setting,
+                        kind="deploy",
+                        side=runtime,
+                        label=f"{prefix} {threads}t",
+                        threads=threads,
+                        batches=batches,
+                    )
+                )
     return measured
 
 
@@ -514,7 +572,9 @@ def run_job(job: dict, timeout: int) -> dict:
     """`measure(job)` in a fresh Python process; an error or timeout is recorded, not raised."""
     command = [sys.executable, "-m", "experiments.benchmark", "--job", json.dumps(job)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parent.parent)
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parent.parent
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -522,7 +582,7 @@ def run_job(job: dict, timeout: int) -> dict:
         return {"error": f"killed by signal {-done.returncode}"}
     if done.returncode or not lines:
         return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def throughput(job: dict, result: dict) -> tuple[float, float, float]:
@@ -588,7 +648,8 @@ def table(rows: list[dict]) -> str:
         costs = (
             f"{ours['flops_per_image'] / 1e9:.2f} | {ours['bytes_per_image'] / 1e6:.0f} "
             f"({ours['lower_bound_bytes_per_image'] / 1e6:.0f}) | {ours['temp_bytes'] / 2**20:.0f}"
-            if "flops_per_image" in ours else "- | - | -"
+            if "flops_per_image" in ours
+            else "- | - | -"
         )
         lines.append(
             f"| {row['label']} | {unit[row['kind']]} | {a[0]:.1f} ({a[1]:.1f}..{a[2]:.1f}) | "
@@ -600,13 +661,21 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--suites", default="train,infer,latency,pipeline", type=lambda s: s.split(","),
-                        help="any of train,infer,latency,pipeline,teacher,deploy,tpu (tpu: experiments/tpu_aot.py)")
+    parser.add_argument(
+        "--suites",
+        default="train,infer,latency,pipeline",
+        type=lambda s: s.split(","),
+        help="any of train,infer,latency,pipeline,teacher,deploy,tpu (tpu: experiments/tpu_aot.py)",
+    )
     parser.add_argument("--models", default=",".join(TRAIN_MODELS), type=lambda s: s.split(","))
     parser.add_argument("--train-sizes", default=f"224,{OFFLINE_SIZE}", type=lambda s: [int(v) for v in s.split(",")])
     parser.add_argument("--infer-size", type=int, default=224)
-    parser.add_argument("--teachers", default=",".join(TEACHERS), type=lambda s: [t for t in s.split(",") if t],
-                        help="teacher suite: zoo names, random weights, eval mode, the compute dtype")
+    parser.add_argument(
+        "--teachers",
+        default=",".join(TEACHERS),
+        type=lambda s: [t for t in s.split(",") if t],
+        help="teacher suite: zoo names, random weights, eval mode, the compute dtype",
+    )
     parser.add_argument("--teacher-image-size", type=int, default=224, help="teacher suite: student and teacher input")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=10)
@@ -615,19 +684,42 @@ def main() -> None:
     parser.add_argument("--pipeline-images", type=int, default=256)
     parser.add_argument("--pipeline-repeats", type=int, default=3)
     parser.add_argument("--impl", default="auto", choices=["auto", "xla"], help="ghostnet_jax conv implementation")
-    parser.add_argument("--dtypes", default="float32", type=lambda s: s.split(","),
-                        help="compute dtypes, e.g. float32,bfloat16 (timm: autocast to bfloat16, i.e. AMP)")
-    parser.add_argument("--remat", default="none", type=lambda s: s.split(","),
-                        help="ours: 'none', 'block' or 'none,block' (train rows; timm has no remat)")
-    parser.add_argument("--deploy-runtimes", default=",".join(RUNTIMES),
-                        type=lambda s: s.split(","), help="deploy suite: runtimes to time (see experiments/deploy_bench.py)")
-    parser.add_argument("--deploy-threads", default="1,2", type=lambda s: [int(v) for v in s.split(",")],
-                        help="deploy suite: thread counts (each run pinned to that many CPUs)")
-    parser.add_argument("--topologies", default="v5e-8,v4-8,v5p-8,v6e-8", type=lambda s: s.split(","),
-                        help="tpu suite: Cloud TPU accelerator types to compile for")
+    parser.add_argument(
+        "--dtypes",
+        default="float32",
+        type=lambda s: s.split(","),
+        help="compute dtypes, e.g. float32,bfloat16 (timm: autocast to bfloat16, i.e. AMP)",
+    )
+    parser.add_argument(
+        "--remat",
+        default="none",
+        type=lambda s: s.split(","),
+        help="ours: 'none', 'block' or 'none,block' (train rows; timm has no remat)",
+    )
+    parser.add_argument(
+        "--deploy-runtimes",
+        default=",".join(RUNTIMES),
+        type=lambda s: s.split(","),
+        help="deploy suite: runtimes to time (see experiments/deploy_bench.py)",
+    )
+    parser.add_argument(
+        "--deploy-threads",
+        default="1,2",
+        type=lambda s: [int(v) for v in s.split(",")],
+        help="deploy suite: thread counts (each run pinned to that many CPUs)",
+    )
+    parser.add_argument(
+        "--topologies",
+        default="v5e-8,v4-8,v5p-8,v6e-8",
+        type=lambda s: s.split(","),
+        help="tpu suite: Cloud TPU accelerator types to compile for",
+    )
     parser.add_argument("--tpu-per-chip", type=int, default=128, help="tpu suite: images per chip")
-    parser.add_argument("--label", default="current",
-                        help="tpu suite: the rows' label: 'current' (the code as it stands) or a change's name")
+    parser.add_argument(
+        "--label",
+        default="current",
+        help="tpu suite: the rows' label: 'current' (the code as it stands) or a change's name",
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
     parser.add_argument("--out", type=Path, help="write <out>.md and <out>.json")
@@ -640,7 +732,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown --deploy-runtimes {sorted(unknown)}; choose from {RUNTIMES}")
     if not all(1 <= threads <= len(os.sched_getaffinity(0)) for threads in args.deploy_threads):
-        parser.error(f"--deploy-threads {args.deploy_threads}: this process may use {len(os.sched_getaffinity(0))} CPUs")
+        parser.error(
+            f"--deploy-threads {args.deploy_threads}: this process may use {len(os.sched_getaffinity(0))} CPUs"
+        )
     os.environ.setdefault("JAX_PLATFORMS", "cuda" if args.device == "gpu" else "cpu")
     if "tpu" in args.suites:
         from experiments.tpu_aot import run_suite
@@ -658,8 +752,11 @@ def main() -> None:
             row[job["side"]] = result
             if "median_s" in result:
                 row[f"{job['side']}_value"] = throughput(job, result)
-            print(f"[{index}/{len(todo)}, {time.perf_counter() - start:.0f} s] {job['label']} [{job['side']}]: "
-                  f"{result}", file=sys.stderr, flush=True)
+            print(
+                f"[{index}/{len(todo)}, {time.perf_counter() - start:.0f} s] {job['label']} [{job['side']}]: {result}",
+                file=sys.stderr,
+                flush=True,
+            )
             report(args, rows)  # after every measurement, so that a run cut short keeps what it measured
     print(report(args, rows))
 
@@ -679,7 +776,9 @@ def report(args: argparse.Namespace, rows: dict[str, dict]) -> str:
     deploy_rows = [row for row in rows.values() if row["kind"].startswith("deploy")]
     other_rows = [row for row in rows.values() if row not in teacher_rows + deploy_rows]
     alone = {job["label"]: job["alone"] for job in jobs(args) if job["kind"] == "teacher"}
-    tables = ([table(other_rows)] if other_rows else []) + ([teacher_table(teacher_rows, alone)] if teacher_rows else [])
+    tables = ([table(other_rows)] if other_rows else []) + (
+        [teacher_table(teacher_rows, alone)] if teacher_rows else []
+    )
     tables += [deploy_table(deploy_rows, args.batch)] if deploy_rows else []
     markdown = header + "\n" + "\n\n".join(tables)
     if args.out:
@@ -687,6 +786,7 @@ def report(args: argparse.Namespace, rows: dict[str, dict]) -> str:
         args.out.with_suffix(".md").write_text(markdown + "\n")
         args.out.with_suffix(".json").write_text(json.dumps(list(rows.values()), indent=1))
     return markdown
+
 
 if __name__ == "__main__":
     main()

@@ -18,7 +18,12 @@ from typing import Any
 from experiments.plots import plot_differences
 from experiments.records import REPO, read_json
 from experiments.report import (
-    METRIC_LABELS, Metrics, describe_teacher, judge, percent, teacher_strength,
+    METRIC_LABELS,
+    Metrics,
+    describe_teacher,
+    judge,
+    percent,
+    teacher_strength,
 )
 from experiments.scales import SCALES
 from experiments.stats import NOT_RUN, Difference, summarize
@@ -58,8 +63,10 @@ def _section(scale: str, label: str, results: Mapping[str, Any] | None) -> list[
     metrics = run_metrics(results)
     seeds = sorted({len(by_seed) for by_seed in metrics.values()}) or [0]
     per_arm = str(seeds[0]) if seeds[0] == seeds[-1] else f"{seeds[0]}-{seeds[-1]}"
-    lines.append(f"{sum(map(len, metrics.values()))} finished runs of {len(metrics)} arms (seeds per arm: {per_arm}), "
-                 f"from `{SCALES[scale].results}/results.md`, which gives every run with its commit and config.")
+    lines.append(
+        f"{sum(map(len, metrics.values()))} finished runs of {len(metrics)} arms (seeds per arm: {per_arm}), "
+        f"from `{SCALES[scale].results}/results.md`, which gives every run with its commit and config."
+    )
     teacher = describe_teacher(results.get("teacher"), results.get("teacher_eval"))
     if teacher is not None:
         lines += ["", f"{teacher[0]} {teacher_strength(teacher[1], metrics)[1]}"]
@@ -68,15 +75,21 @@ def _section(scale: str, label: str, results: Mapping[str, Any] | None) -> list[
 
 def _arms_table(labels: Sequence[str], metrics: Sequence[Metrics]) -> list[str]:
     names = list(dict.fromkeys(name for by_arm in metrics for name in by_arm))
-    lines = ["| arm | " + " | ".join(f"{label}, {METRIC_LABELS['ema_top1']}" for label in labels) + " |",
-             "|---|" + "---:|" * len(labels)]
+    lines = [
+        "| arm | " + " | ".join(f"{label}, {METRIC_LABELS['ema_top1']}" for label in labels) + " |",
+        "|---|" + "---:|" * len(labels),
+    ]
     for name in names:
-        cells = [percent(summarize([final["ema_top1"] for final in by_arm.get(name, {}).values()])) for by_arm in metrics]
+        cells = [
+            percent(summarize([final["ema_top1"] for final in by_arm.get(name, {}).values()])) for by_arm in metrics
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
-def side_by_side(results: Mapping[str, Mapping[str, Any] | None]) -> tuple[str, list[tuple[str, dict[str, Difference]]]]:
+def side_by_side(
+    results: Mapping[str, Mapping[str, Any] | None],
+) -> tuple[str, list[tuple[str, dict[str, Difference]]]]:
     """The markdown, and every comparison's difference at each budget (for the figure)."""
     labels = [budget_label(scale, results[scale]) for scale in results]
     metrics = [run_metrics(results[scale]) for scale in results]
@@ -93,8 +106,13 @@ def side_by_side(results: Mapping[str, Mapping[str, Any] | None]) -> tuple[str, 
     for scale, label in zip(results, labels):
         lines += _section(scale, label, results[scale])
     lines += ["## Arms at both budgets", ""] + _arms_table(labels, metrics)
-    lines += ["", "## Claims at both budgets", "", "| claim | " + " | ".join(labels) + " |",
-              "|---|" + "---|" * len(labels)]
+    lines += [
+        "",
+        "## Claims at both budgets",
+        "",
+        "| claim | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
     differences: list[tuple[str, dict[str, Difference]]] = []
     for index, (claim, *_) in enumerate(judged[0]):
         verdicts = [f"**{budget[index][1]}**" for budget in judged]
@@ -127,8 +145,14 @@ def _assignment(text: str) -> tuple[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.budgets", description=__doc__.split("\n")[0])
-    parser.add_argument("--results", type=_assignment, action="append", default=[], metavar="SCALE=DIR",
-                        help="a budget's results directory (default: the scale's)")
+    parser.add_argument(
+        "--results",
+        type=_assignment,
+        action="append",
+        default=[],
+        metavar="SCALE=DIR",
+        help="a budget's results directory (default: the scale's)",
+    )
     parser.add_argument("--out", default=str(REPO / OUT), help="output directory")
     args = parser.parse_args(argv)
     dirs = {scale: REPO / SCALES[scale].results for scale in BUDGETS} | dict(args.results)

@@ -20,5 +20,10 @@ def deployed_costs(workdir: Path, image_size: int) -> dict[str, Any]:
     deployed = fuse(model) if model.version >= 3 else model
     # The dataset's channels and the compute dtype are not the architecture's choices: the report names neither.
     overrides = {key: value for key, value in spec["overrides"].items() if key not in ("in_chans", "dtype")}
-    return {"model": spec["name"], "overrides": overrides, "image_size": image_size, "params": count_params(deployed),
-            "macs": count_macs(deployed, image_size)}
+    return {
+        "model": spec["name"],
+        "overrides": overrides,
+        "image_size": image_size,
+        "params": count_params(deployed),
+        "macs": count_macs(deployed, image_size),
+    }

@@ -81,18 +81,34 @@ def measure(args: argparse.Namespace) -> list[dict]:
     images, labels = eval_set(data, args.batch_size)
     forward = nnx.jit(lambda model, x: model(x))
     reference = np.concatenate([np.asarray(forward(model, batch)).argmax(-1) for batch in images])
-    rows = [{"format": "jax", "int8": False, "bytes": None, "top1": float(np.mean(reference == labels)),
-             "agreement": 1.0, "examples": len(labels)}]
+    rows = [
+        {
+            "format": "jax",
+            "int8": False,
+            "bytes": None,
+            "top1": float(np.mean(reference == labels)),
+            "agreement": 1.0,
+            "examples": len(labels),
+        }
+    ]
     calibration_data = data_config(argparse.Namespace(**vars(args) | {"data": data.name, "split": "train"}), spec)
-    calibration = calibration_batches(calibration_data, steps=args.calibration_steps,
-                                      batch_size=args.calibration_batch_size)
+    calibration = calibration_batches(
+        calibration_data, steps=args.calibration_steps, batch_size=args.calibration_batch_size
+    )
     function, image_shape = inference_function(model), images[0].shape[1:]
     for name in args.formats:
         payload, run = build(name, function, image_shape, calibration)
         predicted = np.concatenate([run(batch).argmax(-1) for batch in images])
-        rows.append({"format": name.removesuffix("_int8"), "int8": name.endswith("int8"), "bytes": len(payload),
-                     "top1": float(np.mean(predicted == labels)), "agreement": float(np.mean(predicted == reference)),
-                     "examples": len(labels)})
+        rows.append(
+            {
+                "format": name.removesuffix("_int8"),
+                "int8": name.endswith("int8"),
+                "bytes": len(payload),
+                "top1": float(np.mean(predicted == labels)),
+                "agreement": float(np.mean(predicted == reference)),
+                "examples": len(labels),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -101,8 +117,10 @@ def table(rows: list[dict]) -> str:
     lines = ["| model | weights | file size | test top-1 | top-1 equal to float JAX's |", "|---|---|---|---|---|"]
     for row in rows:
         size = "-" if row["bytes"] is None else f"{row['bytes'] / 1024:.0f} KiB"
-        lines.append(f"| {row['format']} | {'int8' if row['int8'] else 'float32'} | {size} | {row['top1']:.4f} | "
-                     f"{row['agreement']:.2%} |")
+        lines.append(
+            f"| {row['format']} | {'int8' if row['int8'] else 'float32'} | {size} | {row['top1']:.4f} | "
+            f"{row['agreement']:.2%} |"
+        )
     return "\n".join(lines)
 
 

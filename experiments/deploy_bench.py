@@ -40,8 +40,14 @@ import numpy as np
 RUNTIMES = ("jit", "onnx", "onnx_int8", "litert", "litert_int8", "timm", "timm_onnx")
 ANCHOR = "timm_onnx"
 BATCH_1_ONLY = ("litert", "litert_int8")
-FILES = {"jit": "jax", "onnx": "ours.onnx", "onnx_int8": "ours_int8.onnx", "litert": "ours.tflite",
-         "litert_int8": "ours_int8.tflite", "timm_onnx": "timm.onnx"}  # timm eager rebuilds its model
+FILES = {
+    "jit": "jax",
+    "onnx": "ours.onnx",
+    "onnx_int8": "ours_int8.onnx",
+    "litert": "ours.tflite",
+    "litert_int8": "ours_int8.tflite",
+    "timm_onnx": "timm.onnx",
+}  # timm eager rebuilds its model
 TIMM_OPSET = 20  # the TorchScript exporter's highest
 SEED = 0
 BATCH_1_REPEATS = 4  # batch 1 runs this many times --repeats: its iterations are ~20x shorter and noisier
@@ -72,9 +78,11 @@ def timm_model(name: str):
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
-                uniform = lambda low, high: torch.empty(module.num_features).uniform_(low, high, generator=generator)
-                module.weight.copy_(uniform(0.5, 1.5)), module.bias.copy_(uniform(-0.5, 0.5))
-                module.running_mean.copy_(uniform(-0.5, 0.5)), module.running_var.copy_(uniform(0.5, 2.0))
+                n = module.num_features
+                module.weight.copy_(torch.empty(n).uniform_(0.5, 1.5, generator=generator))
+                module.bias.copy_(torch.empty(n).uniform_(-0.5, 0.5, generator=generator))
+                module.running_mean.copy_(torch.empty(n).uniform_(-0.5, 0.5, generator=generator))
+                module.running_var.copy_(torch.empty(n).uniform_(0.5, 2.0, generator=generator))
     return timm.utils.reparameterize_model(model)
 
 
@@ -87,8 +95,9 @@ def imagenet_like(count: int, size: int, seed: int) -> np.ndarray:
     from ghostnet_jax.data.model_inputs import IMAGENET_GHOSTNET as spec
 
     def transform(jpeg: bytes) -> np.ndarray:
-        image = transforms.resize_shorter_and_centre_crop(transforms.decode(tf.constant(jpeg), 3), size, spec["crop_pct"],
-                                                          spec["interpolation"])
+        image = transforms.resize_shorter_and_centre_crop(
+            transforms.decode(tf.constant(jpeg), 3), size, spec["crop_pct"], spec["interpolation"]
+        )
         return transforms.normalise(image, spec["mean"], spec["std"]).numpy()
 
     return np.stack([transform(jpeg) for jpeg in synthetic_jpegs(count, seed)])
@@ -131,9 +140,16 @@ def export_files(name: str, size: int, directory: str, runtimes: list[str]) -> d
             payloads["litert_int8"] = export_litert(function, shape, calibration)
     if "timm_onnx" in runtimes:
         path = directory / FILES["timm_onnx"]
-        torch.onnx.export(reference, torch.zeros(1, 3, size, size), str(path), opset_version=TIMM_OPSET, dynamo=False,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        torch.onnx.export(
+            reference,
+            torch.zeros(1, 3, size, size),
+            str(path),
+            opset_version=TIMM_OPSET,
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
         payloads["timm_onnx"] = path.read_bytes()
         logits["timm_onnx"] = onnx_runner(payloads["timm_onnx"])(images.transpose(0, 3, 1, 2).copy())
     for runtime, payload in payloads.items():
@@ -144,13 +160,19 @@ def export_files(name: str, size: int, directory: str, runtimes: list[str]) -> d
     def error(actual: np.ndarray, reference: np.ndarray) -> float:
         return float(np.abs(actual - reference).max() / max(1.0, np.abs(reference).max()))
 
-    result = {"bytes": {runtime: len(payload) for runtime, payload in payloads.items()}, "images": len(images),
-              "error_vs_timm": {runtime: error(out, expected) for runtime, out in logits.items()
-                                if not runtime.endswith("int8")}}
+    result = {
+        "bytes": {runtime: len(payload) for runtime, payload in payloads.items()},
+        "images": len(images),
+        "error_vs_timm": {
+            runtime: error(out, expected) for runtime, out in logits.items() if not runtime.endswith("int8")
+        },
+    }
     for runtime in (r for r in logits if r.endswith("int8")):
         base = logits.get(runtime.removesuffix("_int8"), expected)
-        result[runtime] = {"top1_agreement": float(np.mean(logits[runtime].argmax(1) == base.argmax(1))),
-                           "error_vs_float": error(logits[runtime], base)}
+        result[runtime] = {
+            "top1_agreement": float(np.mean(logits[runtime].argmax(1) == base.argmax(1))),
+            "error_vs_float": error(logits[runtime], base),
+        }
     return result
 
 
@@ -282,8 +304,11 @@ def deploy_table(rows: list[dict], batch: int) -> str:
                     cells.append("batch-1 export")
                 else:
                     measured = value(b, result[f"b{b}"])
-                    ratio = (f" ({speedup(b, measured, value(b, anchor[f'b{b}'])):.2f}x)"
-                             if anchor and "error" not in anchor else "")
+                    ratio = (
+                        f" ({speedup(b, measured, value(b, anchor[f'b{b}'])):.2f}x)"
+                        if anchor and "error" not in anchor
+                        else ""
+                    )
                     cells.append(f"{measured:.1f}{ratio}")
             if any(cells):
                 lines.append(f"| {model} | {runtime} | {' | '.join(cells)} |")
@@ -292,17 +317,23 @@ def deploy_table(rows: list[dict], batch: int) -> str:
 
 def files_table(rows: list[dict]) -> str:
     formats = ("onnx", "onnx_int8", "litert", "litert_int8", "timm_onnx")
-    lines = ["| model | " + " | ".join(f"{f} KiB" for f in formats) + " | int8 ONNX vs float: top-1 agreement, error "
-             "| int8 LiteRT vs float: top-1 agreement, error | float exports' error vs timm |",
-             "|---|" + "---:|" * len(formats) + "---|---|---|"]
+    lines = [
+        "| model | " + " | ".join(f"{f} KiB" for f in formats) + " | int8 ONNX vs float: top-1 agreement, error "
+        "| int8 LiteRT vs float: top-1 agreement, error | float exports' error vs timm |",
+        "|---|" + "---:|" * len(formats) + "---|---|---|",
+    ]
     for row in rows:
         files = row.get("export", {"error": "not measured"})
         if "error" in files:
             lines.append(f"| {row['model']} | {files['error'][:60]} |" + " |" * (len(formats) + 2))
             continue
         sizes = " | ".join(f"{files['bytes'][f] / 1024:.0f}" if f in files["bytes"] else "" for f in formats)
-        int8 = [f"{files[f]['top1_agreement']:.0%} of {files['images']}, {files[f]['error_vs_float']:.3f}"
-                if f in files else "" for f in ("onnx_int8", "litert_int8")]
+        int8 = [
+            f"{files[f]['top1_agreement']:.0%} of {files['images']}, {files[f]['error_vs_float']:.3f}"
+            if f in files
+            else ""
+            for f in ("onnx_int8", "litert_int8")
+        ]
         exact = ", ".join(f"{f} {e:.1e}" for f, e in files["error_vs_timm"].items())
         lines.append(f"| {row['model']} | {sizes} | {' | '.join(int8)} | {exact} |")
     return "\n".join(lines)

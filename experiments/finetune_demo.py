@@ -25,16 +25,16 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import matplotlib.pyplot as plt
+import ml_collections
+import numpy as np
+import tensorflow as tf
 
-from configs import v1  # noqa: E402
-from experiments.records import final_eval, git_state, write_json  # noqa: E402
-from experiments.stats import summarize  # noqa: E402
-from ghostnet_jax.data.fashion_mnist import FILES, CLASS_NAMES, DEBIAN_DIR, read_idx  # noqa: E402
-from ghostnet_jax.training.loop import step_counts, train_and_evaluate  # noqa: E402
+from configs import v1
+from experiments.records import final_eval, git_state, write_json
+from experiments.stats import summarize
+from ghostnet_jax.data.fashion_mnist import FILES, CLASS_NAMES, DEBIAN_DIR, read_idx
+from ghostnet_jax.training.loop import step_counts, train_and_evaluate
 
 OUT = Path(__file__).resolve().parent / "results" / "finetune"
 SOURCE_CLASSES, TARGET_CLASSES = range(0, 5), range(5, 10)
@@ -125,10 +125,22 @@ def plot(results: dict[int, dict[str, dict[int, float]]], path: Path) -> None:
     budgets = sorted(results)
     for arm in ARMS:
         values = [[100 * v for v in results[b][arm].values()] for b in budgets]
-        ax.errorbar(budgets, [np.mean(v) for v in values], yerr=[np.std(v, ddof=1) if len(v) > 1 else 0
-                                                                 for v in values], marker="o", capsize=3, label=arm)
-    ax.set(xscale="log", xticks=budgets, xticklabels=[str(b) for b in budgets], xlabel="training steps",
-           ylabel="EMA top-1 on the target classes (%)", title="fine-tune vs from scratch")
+        ax.errorbar(
+            budgets,
+            [np.mean(v) for v in values],
+            yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in values],
+            marker="o",
+            capsize=3,
+            label=arm,
+        )
+    ax.set(
+        xscale="log",
+        xticks=budgets,
+        xticklabels=[str(b) for b in budgets],
+        xlabel="training steps",
+        ylabel="EMA top-1 on the target classes (%)",
+        title="fine-tune vs from scratch",
+    )
     ax.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -152,14 +164,17 @@ def main(argv: list[str] | None = None) -> None:
     for budget in args.budgets:
         for arm in ARMS:
             for seed in args.seeds:
-                final = train(arm_config(root, arm, seed, budget), root / f"{budget}" / arm / f"seed{seed}",
-                              counts["target"])
+                final = train(
+                    arm_config(root, arm, seed, budget), root / f"{budget}" / arm / f"seed{seed}", counts["target"]
+                )
                 results.setdefault(budget, {}).setdefault(arm, {})[seed] = final["ema_top1"]
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m experiments.finetune_demo" + ("" if argv is None else " " + " ".join(argv))
     (out / "results.md").write_text(markdown(results, pretrained, command))
-    write_json(out / "results.json", {"results": {str(b): r for b, r in results.items()}, "pretrained": pretrained,
-                                      "git": git_state()})
+    write_json(
+        out / "results.json",
+        {"results": {str(b): r for b, r in results.items()}, "pretrained": pretrained, "git": git_state()},
+    )
     plot(results, out / "finetune.png")
     print((out / "results.md").read_text())
     print(json.dumps({"written": [str(out / name) for name in ("results.md", "results.json", "finetune.png")]}))

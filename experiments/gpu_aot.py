@@ -45,11 +45,23 @@ def compile_for_h100(per_gpu: int, teacher: str | None) -> dict:
     compiled = programs.train_step.lower(*programs.train_args(per_gpu)).compile()
     seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
-    used = (memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
-            - memory.alias_size_in_bytes)
-    return {"model": config.model.name, "teacher": teacher, "dtype": "bfloat16", "per_gpu_batch": per_gpu,
-            "compiled": True, "hbm_bytes": used, "hbm_capacity_bytes": H100_HBM_BYTES,
-            "cost_analysis": compiled.cost_analysis(), "compile_seconds": seconds}
+    used = (
+        memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        + memory.temp_size_in_bytes
+        - memory.alias_size_in_bytes
+    )
+    return {
+        "model": config.model.name,
+        "teacher": teacher,
+        "dtype": "bfloat16",
+        "per_gpu_batch": per_gpu,
+        "compiled": True,
+        "hbm_bytes": used,
+        "hbm_capacity_bytes": H100_HBM_BYTES,
+        "cost_analysis": compiled.cost_analysis(),
+        "compile_seconds": seconds,
+    }
 
 
 def main() -> None:

@@ -10,11 +10,14 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
-def plot_curves(curves: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]], path: Path,
-                reference: tuple[str, Sequence[tuple[int, float]]] | None = None) -> None:
+def plot_curves(
+    curves: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]],
+    path: Path,
+    reference: tuple[str, Sequence[tuple[int, float]]] | None = None,
+) -> None:
     """`curves[group][arm]` = [(step, mean EMA top-1)]: one panel per group, each with the `reference`
     curve (the baseline) dashed for comparison."""
     columns = min(3, max(len(curves), 1))
@@ -30,7 +33,7 @@ def plot_curves(curves: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]],
         ax.set(title=group, xlabel="step", ylabel="EMA top-1 (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(curves):]:
+    for ax in list(axes.flat)[len(curves) :]:
         ax.axis("off")
     figure.suptitle("EMA top-1 on the eval split, mean over seeds")
     figure.tight_layout()
@@ -43,8 +46,14 @@ def plot_accuracy_vs_macs(series: Mapping[str, Sequence[tuple[str, float, float,
     figure, ax = plt.subplots(figsize=(6, 4.2))
     for version, points in series.items():
         arms, macs, means, stds = zip(*points)
-        ax.errorbar([m / 1e6 for m in macs], [100 * m for m in means], yerr=[100 * s for s in stds],
-                    marker="o", capsize=3, label=version)
+        ax.errorbar(
+            [m / 1e6 for m in macs],
+            [100 * m for m in means],
+            yerr=[100 * s for s in stds],
+            marker="o",
+            capsize=3,
+            label=version,
+        )
         for arm, x, y in zip(arms, macs, means):
             ax.annotate(arm, (x / 1e6, 100 * y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     if not series:
@@ -66,12 +75,21 @@ def plot_differences(rows: Sequence[tuple[str, Mapping[str, Any]]], path: Path) 
     figure, ax = plt.subplots(figsize=(7, 0.32 * max(len(rows), 4) + 1.2))
     offsets = [0.18 * (i - (len(budgets) - 1) / 2) for i in range(len(budgets))]
     for budget, offset in zip(budgets, offsets):
-        points = [(y, by_budget[budget]) for y, (_, by_budget) in enumerate(rows)
-                  if budget in by_budget and by_budget[budget].diff is not None]
+        points = [
+            (y, by_budget[budget])
+            for y, (_, by_budget) in enumerate(rows)
+            if budget in by_budget and by_budget[budget].diff is not None
+        ]
         if points:
-            ax.errorbar([100 * d.diff for _, d in points], [y + offset for y, _ in points],
-                        xerr=[200 * (d.se or 0.0) for _, d in points], fmt="o", markersize=4, capsize=2,
-                        label=budget.replace("`", ""))
+            ax.errorbar(
+                [100 * d.diff for _, d in points],
+                [y + offset for y, _ in points],
+                xerr=[200 * (d.se or 0.0) for _, d in points],
+                fmt="o",
+                markersize=4,
+                capsize=2,
+                label=budget.replace("`", ""),
+            )
     ax.axvline(0.0, color="k", linewidth=0.8)
     ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=7)
     ax.invert_yaxis()

@@ -23,7 +23,16 @@ from experiments.claims import CLAIMS, Claim, Comparison, claims_of
 from experiments.costs import deployed_costs
 from experiments.plots import plot_accuracy_vs_macs, plot_curves
 from experiments.records import (
-    CONFIG, REPO, RUN_INFO, TEACHER, TEACHER_EVAL, eval_records, final_eval, read_json, run_dir, write_json,
+    CONFIG,
+    REPO,
+    RUN_INFO,
+    TEACHER,
+    TEACHER_EVAL,
+    eval_records,
+    final_eval,
+    read_json,
+    run_dir,
+    write_json,
 )
 from experiments.scales import SCALES
 from experiments.stats import NOT_RUN, Z, Difference, Summary, summarize
@@ -120,8 +129,11 @@ def _macs(macs: int) -> str:
 def _settings(arm: ArmResult, reference: Mapping[str, Any]) -> str:
     """The arm's recorded overrides that differ from `reference` (the baseline's), seed and teacher aside."""
     fields = [key for key in {**reference, **arm.overrides} if key not in ("seed", "distill.teacher")]
-    changed = [f"{key}={arm.overrides[key]!r}" for key in fields
-               if key in arm.overrides and reference.get(key) != arm.overrides[key]]
+    changed = [
+        f"{key}={arm.overrides[key]!r}"
+        for key in fields
+        if key in arm.overrides and reference.get(key) != arm.overrides[key]
+    ]
     unset = [key for key in fields if key not in arm.overrides]
     return "; ".join(changed + ([f"unset: {', '.join(unset)}"] if unset else [])) or "(the baseline's settings)"
 
@@ -164,9 +176,11 @@ def describe_teacher(trained: Mapping[str, Any] | None, given: Mapping[str, Any]
     (its checkpoint holds the EMA weights); None when the suite has neither."""
     if given is not None:
         data = given["data"]
-        text = (f"Distillation teacher: `{given['checkpoint']}` ({given['model']}), top-1 {100 * given['top1']:.2f} on "
-                f"the {given['examples']:,} images of {data['name']} `{data['eval_split']}` at {data['image_size']} px "
-                f"(evaluated by the driver at commit {given['commit'][:10]}).")
+        text = (
+            f"Distillation teacher: `{given['checkpoint']}` ({given['model']}), top-1 {100 * given['top1']:.2f} on "
+            f"the {given['examples']:,} images of {data['name']} `{data['eval_split']}` at {data['image_size']} px "
+            f"(evaluated by the driver at commit {given['commit'][:10]})."
+        )
         return text, given["top1"]
     if trained is not None:
         top1 = trained["final"]["ema_top1"]
@@ -176,24 +190,37 @@ def describe_teacher(trained: Mapping[str, Any] | None, given: Mapping[str, Any]
 
 def teacher_strength(teacher_top1: float, metrics: Metrics) -> tuple[bool | None, str]:
     """Whether the teacher beats every student run (EMA and raw top-1 alike), and the sentence that says so."""
-    finals = [(final[metric], arm, seed, metric)
-              for arm, by_seed in metrics.items() for seed, final in by_seed.items() for metric in METRICS]
+    finals = [
+        (final[metric], arm, seed, metric)
+        for arm, by_seed in metrics.items()
+        for seed, final in by_seed.items()
+        for metric in METRICS
+    ]
     if not finals:
         return None, "No student run has finished to compare it with."
     best, arm, seed, metric = max(finals)
     who, score = f"{arm} seed {seed}", f"{METRIC_LABELS[metric]} {100 * best:.2f}"
     if teacher_top1 > best:
         return True, f"It beats every student run; the best, {who}, reached {score}."
-    return False, (f"It does **not** beat every student run: {who} reached {score}, so the distillation arms do "
-                   f"not learn from a stronger teacher.")
+    return False, (
+        f"It does **not** beat every student run: {who} reached {score}, so the distillation arms do "
+        f"not learn from a stronger teacher."
+    )
 
 
 def _claim_json(judged: Judged) -> dict[str, Any]:
     claim, verdict, differences = judged
-    comparisons = [{"label": c.label(), "better": c.better, "worse": c.worse, **dataclasses.asdict(d)}
-                   for c, d in zip(claim.comparisons, differences)]
-    return {"key": claim.key, "statement": claim.statement, "paper": claim.paper, "verdict": verdict,
-            "comparisons": comparisons}
+    comparisons = [
+        {"label": c.label(), "better": c.better, "worse": c.worse, **dataclasses.asdict(d)}
+        for c, d in zip(claim.comparisons, differences)
+    ]
+    return {
+        "key": claim.key,
+        "statement": claim.statement,
+        "paper": claim.paper,
+        "verdict": verdict,
+        "comparisons": comparisons,
+    }
 
 
 def _relative(path: Path) -> str:
@@ -216,8 +243,11 @@ def _arms_table(arms: dict[str, ArmResult]) -> list[str]:
             model = arm.costs["model"] + "".join(f" {k}={v}" for k, v in arm.costs["overrides"].items())
             params, macs = f"{arm.costs['params']:,}", _macs(arm.costs["macs"])
         seeds = f"{len(arm.runs)}" + (f" of {arm.started}" if arm.started > len(arm.runs) else "")
-        wall = _minutes(statistics.fmean(r.wall_seconds for r in arm.runs), all(r.fully_timed for r in arm.runs)) \
-            if arm.runs else "-"
+        wall = (
+            _minutes(statistics.fmean(r.wall_seconds for r in arm.runs), all(r.fully_timed for r in arm.runs))
+            if arm.runs
+            else "-"
+        )
         commits = ", ".join(dict.fromkeys(c for run in arm.runs for c in run.commits)) or "-"
         lines.append(
             f"| {arm.name} | {ARMS[arm.name].group} | {', '.join(claims_of(arm.name))} | {model} | {params} | {macs} "
@@ -243,15 +273,18 @@ def _claims_section(claims: list[Judged], arms: dict[str, ArmResult]) -> list[st
 def _runs_table(arms: dict[str, ArmResult]) -> list[str]:
     lines = ["| arm | seed | step | EMA top-1 | raw top-1 | min | commits |", "|---|---:|---:|---:|---:|---:|---|"]
     for arm in arms.values():
-        lines += [f"| {arm.name} | {run.seed} | {run.final['step']} | {100 * run.final['ema_top1']:.2f} | "
-                  f"{100 * run.final['top1']:.2f} | {_minutes(run.wall_seconds, run.fully_timed)} | "
-                  f"{', '.join(run.commits)} |"
-                  for run in arm.runs]
+        lines += [
+            f"| {arm.name} | {run.seed} | {run.final['step']} | {100 * run.final['ema_top1']:.2f} | "
+            f"{100 * run.final['top1']:.2f} | {_minutes(run.wall_seconds, run.fully_timed)} | "
+            f"{', '.join(run.commits)} |"
+            for run in arm.runs
+        ]
     return lines
 
 
-def markdown(root: Path, out: Path, arms: dict[str, ArmResult], claims: list[Judged],
-             teacher: tuple[str, float] | None) -> str:
+def markdown(
+    root: Path, out: Path, arms: dict[str, ArmResult], claims: list[Judged], teacher: tuple[str, float] | None
+) -> str:
     """results.md; `teacher` is what `describe_teacher` says of it."""
     scales = sorted({run.info["scale"] for arm in arms.values() for run in arm.runs})
     lines = [
@@ -265,8 +298,18 @@ def markdown(root: Path, out: Path, arms: dict[str, ArmResult], claims: list[Jud
     if teacher is not None:
         lines += [f"{teacher[0]} {teacher_strength(teacher[1], arm_metrics(arms))[1]}", ""]
     lines += _arms_table(arms) + ["", "## Claims", ""] + _claims_section(claims, arms)
-    lines += ["## Figures", "", "![EMA top-1 curves](curves.png)", "", "![Accuracy against MACs](acc_vs_macs.png)", "",
-              "## Arms", "", "| arm | settings that differ from the baseline |", "|---|---|"]
+    lines += [
+        "## Figures",
+        "",
+        "![EMA top-1 curves](curves.png)",
+        "",
+        "![Accuracy against MACs](acc_vs_macs.png)",
+        "",
+        "## Arms",
+        "",
+        "| arm | settings that differ from the baseline |",
+        "|---|---|",
+    ]
     reference = arms["baseline"].overrides if "baseline" in arms else ARMS["baseline"].overrides
     lines += [f"| {arm.name} | {_settings(arm, reference)} |" for arm in arms.values()]
     lines += ["", "## Runs", "", "Each run's resolved config and command are in results.json.", ""] + _runs_table(arms)
@@ -274,9 +317,16 @@ def markdown(root: Path, out: Path, arms: dict[str, ArmResult], claims: list[Jud
 
 
 def _run_json(run: RunResult) -> dict[str, Any]:
-    return {"seed": run.seed, "final": run.final, "curve": run.curve, "wall_seconds": run.wall_seconds,
-            "attempts": run.info["attempts"], "overrides": run.info["overrides"], "command": run.info["command"],
-            "config": run.config}
+    return {
+        "seed": run.seed,
+        "final": run.final,
+        "curve": run.curve,
+        "wall_seconds": run.wall_seconds,
+        "attempts": run.info["attempts"],
+        "overrides": run.info["overrides"],
+        "command": run.info["command"],
+        "config": run.config,
+    }
 
 
 def write_figures(arms: dict[str, ArmResult], out: Path) -> None:
@@ -315,10 +365,15 @@ def write_report(root: str | Path, out: str | Path) -> dict[str, Any]:
         "teacher_top1": None if teacher is None else teacher[1],
         "teacher_beats_students": None if teacher is None else teacher_strength(teacher[1], arm_metrics(arms))[0],
         "arms": {
-            name: {"group": ARMS[name].group, "claims": claims_of(name), "overrides": arm.overrides, "costs": arm.costs,
-                   "seeds_started": arm.started,
-                   **{metric: dataclasses.asdict(arm.summary(metric)) for metric in METRICS if arm.runs},
-                   "runs": [_run_json(run) for run in arm.runs]}
+            name: {
+                "group": ARMS[name].group,
+                "claims": claims_of(name),
+                "overrides": arm.overrides,
+                "costs": arm.costs,
+                "seeds_started": arm.started,
+                **{metric: dataclasses.asdict(arm.summary(metric)) for metric in METRICS if arm.runs},
+                "runs": [_run_json(run) for run in arm.runs],
+            }
             for name, arm in arms.items()
         },
         "claims": [_claim_json(judged) for judged in claims],

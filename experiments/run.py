@@ -58,8 +58,9 @@ class Run:
     workdir: Path
 
     @classmethod
-    def resolve(cls, arm: str, seed: int, config_file: str, preset: str | None, overrides: Mapping[str, Any],
-                workdir: Path) -> Run:
+    def resolve(
+        cls, arm: str, seed: int, config_file: str, preset: str | None, overrides: Mapping[str, Any], workdir: Path
+    ) -> Run:
         values = apply_overrides(load_config(config_file, preset), {**overrides, "seed": seed})
         return cls(arm, seed, config_file, preset, values, workdir)
 
@@ -72,8 +73,15 @@ class Run:
         return main_command(self.config_file, self.preset, self.workdir, self.overrides)
 
 
-def plan_runs(arm_names: Sequence[str], seeds: Sequence[int], *, scale: str, root: Path, teacher: str | None,
-              extra: Mapping[str, Any]) -> list[Run]:
+def plan_runs(
+    arm_names: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    scale: str,
+    root: Path,
+    teacher: str | None,
+    extra: Mapping[str, Any],
+) -> list[Run]:
     """The teacher (if a chosen arm distils and none is given), then every arm for seed 0, then seed 1, ..."""
     setting = SCALES[scale]
     for name in arm_names:
@@ -121,7 +129,7 @@ def wait_until_finished(run: Run) -> None:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def execute(run: Run, scale: str) -> bool:
@@ -130,8 +138,10 @@ def execute(run: Run, scale: str) -> bool:
     config_file = run.workdir / CONFIG
     differences = config_differences(read_json(config_file), config.to_dict())
     if differences:
-        raise ValueError(f"{run.workdir} holds a run of another config ({'; '.join(differences)}): delete it or "
-                         "choose another --root")
+        raise ValueError(
+            f"{run.workdir} holds a run of another config ({'; '.join(differences)}): delete it or "
+            "choose another --root"
+        )
     end_step = _end_step(run)
     if final_eval(run.workdir, end_step) is not None:
         print(f"{run.arm} seed {run.seed}: finished at step {end_step}, skipped", flush=True)
@@ -141,8 +151,14 @@ def execute(run: Run, scale: str) -> bool:
     writes = jax.process_index() == 0
     previous = read_json(run.workdir / RUN_INFO) or {}
     info = {
-        "arm": run.arm, "seed": run.seed, "scale": scale, "config_file": run.config_file, "preset": run.preset,
-        "overrides": run.overrides, "command": run.command(), "final_step": end_step,
+        "arm": run.arm,
+        "seed": run.seed,
+        "scale": scale,
+        "config_file": run.config_file,
+        "preset": run.preset,
+        "overrides": run.overrides,
+        "command": run.command(),
+        "final_step": end_step,
     }
     attempt = {"start": _now(), **git_state(), "completed": False}
     attempts = previous.get("attempts", []) + [attempt]
@@ -163,9 +179,17 @@ def execute(run: Run, scale: str) -> bool:
     return True
 
 
-def run_suite(arm_names: Sequence[str], seeds: Sequence[int] = SEEDS, *, scale: str = "fashion",
-              root: str | Path | None = None, teacher: str | None = None, extra: Mapping[str, Any] | None = None,
-              shard_of: tuple[int, int] = (0, 1), dry_run: bool = False) -> list[Run]:
+def run_suite(
+    arm_names: Sequence[str],
+    seeds: Sequence[int] = SEEDS,
+    *,
+    scale: str = "fashion",
+    root: str | Path | None = None,
+    teacher: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+    shard_of: tuple[int, int] = (0, 1),
+    dry_run: bool = False,
+) -> list[Run]:
     """Plans and (unless `dry_run`, which prints each run's equivalent command) trains the runs of shard
     `shard_of` = (K, N); a shard other than 0 first waits for the teacher that shard 0 trains. A given `teacher`
     is checked first, and shard 0 records its accuracy on the students' eval split."""
@@ -217,13 +241,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--arms", type=_names, default=[], help=f"comma-separated, of: {', '.join(ARMS)}")
     parser.add_argument("--groups", type=_names, default=[], help=f"comma-separated, of: {', '.join(groups())}")
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in _names(text)], default=list(SEEDS))
-    parser.add_argument("--scale", choices=list(SCALES), default="fashion",
-                        help="the budget every run shares, its arms and its run directory (experiments/scales.py)")
+    parser.add_argument(
+        "--scale",
+        choices=list(SCALES),
+        default="fashion",
+        help="the budget every run shares, its arms and its run directory (experiments/scales.py)",
+    )
     parser.add_argument("--root", help="run directory (default: the scale's)")
-    parser.add_argument("--teacher", help="checkpoint directory of the distillation teacher (default: train one; "
-                        "required where the scale trains none: fashion_long, imagenet)")
-    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
-                        help="run every N-th run from the K-th (0-based): start N drivers to share a suite")
+    parser.add_argument(
+        "--teacher",
+        help="checkpoint directory of the distillation teacher (default: train one; "
+        "required where the scale trains none: fashion_long, imagenet)",
+    )
+    parser.add_argument(
+        "--shard",
+        type=_shard,
+        default=(0, 1),
+        metavar="K/N",
+        help="run every N-th run from the K-th (0-based): start N drivers to share a suite",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print each run's equivalent command; train nothing")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = parser.parse_args(argv)
@@ -235,8 +271,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(str(error))
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes at INFO
     try:
-        run_suite(arm_names, args.seeds, scale=args.scale, root=args.root, teacher=args.teacher, extra=extra,
-                  shard_of=args.shard, dry_run=args.dry_run)
+        run_suite(
+            arm_names,
+            args.seeds,
+            scale=args.scale,
+            root=args.root,
+            teacher=args.teacher,
+            extra=extra,
+            shard_of=args.shard,
+            dry_run=args.dry_run,
+        )
     except Preempted as preempted:
         preemption.exit_preempted(preempted)  # as `python -m ghostnet_jax.main`, for the same supervisor loop
 

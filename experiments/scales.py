@@ -1,12 +1,12 @@
 """Scales: the budget every run of a suite shares, where its runs and results go, its teacher and its arms.
 
 `fashion` is sized for a 2-core CPU, where a V3 0.5x epoch at 40 px takes about 5 minutes: half an
-epoch of Fashion-MNIST per arm (234 steps of 128), evaluated four times for the curves, without RandAugment or erasing (as the
-offline preset: too short a training for them; the augmentation arms measure it). `fashion_long` measures
-again, at six times the budget (3 epochs, the offline student preset's length when the suite was set; evaluated 8 times), the
-claims that half an epoch cannot settle, with a strong teacher given by `--teacher` (e.g. a ResNet trained on
-the dataset). `imagenet` is the papers' setting: the full recipe of configs/v3.py (600 epochs at 224 px,
-RandAugment and erasing) with a teacher given by `--teacher`.
+epoch of Fashion-MNIST per arm (234 steps of 128), evaluated four times for the curves, without RandAugment or
+erasing (as the offline preset: too short a training for them; the augmentation arms measure it). `fashion_long`
+measures again, at six times the budget (3 epochs, the offline student preset's length when the suite was set;
+evaluated 8 times), the claims that half an epoch cannot settle, with a strong teacher given by `--teacher` (e.g.
+a ResNet trained on the dataset). `imagenet` is the papers' setting: the full recipe of configs/v3.py (600 epochs
+at 224 px, RandAugment and erasing) with a teacher given by `--teacher`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ SCALES: dict[str, Scale] = {
     "fashion": Scale(
         preset="fashion_mnist",
         shared={
-            "data.image_size": 40, "num_epochs": 0.5, "eval_every_epochs": 0.125,
+            "data.image_size": 40,
+            "num_epochs": 0.5,
+            "eval_every_epochs": 0.125,
             **augmentation(randaugment=False, erasing=False),
         },
         teacher_budget={"num_epochs": 3.0, "eval_every_epochs": 1.0},
@@ -48,7 +50,9 @@ SCALES: dict[str, Scale] = {
     "fashion_long": Scale(
         preset="fashion_mnist",
         shared={
-            "data.image_size": 40, "num_epochs": 3.0, "eval_every_epochs": 0.375,
+            "data.image_size": 40,
+            "num_epochs": 3.0,
+            "eval_every_epochs": 0.375,
             **augmentation(randaugment=False, erasing=False),
         },
         teacher_budget=None,

@@ -51,11 +51,18 @@ def record_teacher_accuracy(config: ml_collections.ConfigDict, root: Path) -> di
     check_teacher_fits(spec, teacher, info.num_classes, info.channels)
     result = accuracy(model, eval_batches(config.data, global_batch_size=config.batch_size))
     record = {
-        "checkpoint": teacher, "model": spec["name"], "overrides": spec["overrides"], "data": _eval_data(config.data),
-        **result, **git_state(), "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": teacher,
+        "model": spec["name"],
+        "overrides": spec["overrides"],
+        "data": _eval_data(config.data),
+        **result,
+        **git_state(),
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     root.mkdir(parents=True, exist_ok=True)
     write_json(path, record)
-    print(f"teacher {spec['name']} ({teacher}): top-1 {100 * result['top1']:.2f} on {info.num_eval} eval images",
-          flush=True)
+    print(
+        f"teacher {spec['name']} ({teacher}): top-1 {100 * result['top1']:.2f} on {info.num_eval} eval images",
+        flush=True,
+    )
     return record

@@ -7,8 +7,9 @@ roofline in `ghostnet_jax.aot`.
 
 Every row is one `python -m ghostnet_jax.aot` run in its own process (GhostNetV3's train step for v5e took 10-14
 minutes on this 2-core, 24 GiB machine; for v4 the kernel's OOM killer stopped it at 11 GB while another compile
-and the tests ran, for v6e it passed 19 CPU-minutes and 12 GB before it was stopped: run one at a time), saved as one JSON file as soon as it is done, so that a suite cut short or
-run over several sessions resumes where it stopped; the table is regenerated from every saved row.
+and the tests ran, for v6e it passed 19 CPU-minutes and 12 GB before it was stopped: run one at a time), saved as
+one JSON file as soon as it is done, so that a suite cut short or run over several sessions resumes where it
+stopped; the table is regenerated from every saved row.
 """
 
 from __future__ import annotations
@@ -38,8 +39,17 @@ def suite_rows(args: argparse.Namespace) -> list[dict]:
             for remat in args.remat:
                 pairs = [(model, None) for model in args.models] + [(args.models[0], t) for t in args.teachers]
                 for model, teacher in pairs:
-                    rows.append(dict(model=model, teacher=teacher, dtype=dtype, remat=remat, topology=topology,
-                                     per_chip=args.tpu_per_chip, label=args.label))
+                    rows.append(
+                        dict(
+                            model=model,
+                            teacher=teacher,
+                            dtype=dtype,
+                            remat=remat,
+                            topology=topology,
+                            per_chip=args.tpu_per_chip,
+                            label=args.label,
+                        )
+                    )
     return rows
 
 
@@ -49,13 +59,31 @@ def compile_row(row: dict, timeout: int) -> dict:
 
     chips = topology(row["topology"]).chips
     # A teacher row compiles only the step with its teacher: the step without it is the student's own row.
-    teacher = ["--config.distill.alpha=0.5", f"--config.distill.teacher={row['teacher']}", "--noteacher-share"] if (
-        row["teacher"]) else ["--config.distill.alpha=0"]
-    out = ROWS / (row_name(**{k: row[k] for k in ("model", "teacher", "dtype", "remat", "topology", "label")}) + ".json")
-    command = [sys.executable, "-m", "ghostnet_jax.aot", "--config", "configs/v3.py", "--topology", row["topology"],
-               f"--config.model.name={row['model']}", f"--config.model.dtype={row['dtype']}",
-               f"--config.remat={row['remat']}", f"--config.batch_size={row['per_chip'] * chips}", *teacher,
-               "--noeval-step", "--json", str(out)]
+    teacher = (
+        ["--config.distill.alpha=0.5", f"--config.distill.teacher={row['teacher']}", "--noteacher-share"]
+        if (row["teacher"])
+        else ["--config.distill.alpha=0"]
+    )
+    out = ROWS / (
+        row_name(**{k: row[k] for k in ("model", "teacher", "dtype", "remat", "topology", "label")}) + ".json"
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "ghostnet_jax.aot",
+        "--config",
+        "configs/v3.py",
+        "--topology",
+        row["topology"],
+        f"--config.model.name={row['model']}",
+        f"--config.model.dtype={row['dtype']}",
+        f"--config.remat={row['remat']}",
+        f"--config.batch_size={row['per_chip'] * chips}",
+        *teacher,
+        "--noeval-step",
+        "--json",
+        str(out),
+    ]
     start = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -66,16 +94,25 @@ def compile_row(row: dict, timeout: int) -> dict:
     if not out.exists():
         errors = [line for line in done.stderr.splitlines() if "Error" in line]
         return row | {"error": (errors or done.stderr.strip().splitlines() or ["no output"])[-1]}
-    return row | json.loads(out.read_text()) | {"wall_seconds": time.perf_counter() - start,
-                                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": _commit()}
+    return (
+        row
+        | json.loads(out.read_text())
+        | {
+            "wall_seconds": time.perf_counter() - start,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "commit": _commit(),
+        }
+    )
 
 
 def _commit() -> str:
     """The commit the row was compiled at, '+dirty' when tracked files differed from it."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                          check=False).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True, check=False).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout.strip()
     return head + ("+dirty" if dirty else "")
 
 
@@ -85,13 +122,15 @@ def run_suite(args: argparse.Namespace) -> str:
 
     ROWS.mkdir(parents=True, exist_ok=True)
     for index, row in enumerate(suite_rows(args), 1):
-        path = ROWS / (row_name(row["model"], row["teacher"], row["dtype"], row["remat"], row["topology"],
-                                row["label"]) + ".json")
+        path = ROWS / (
+            row_name(row["model"], row["teacher"], row["dtype"], row["remat"], row["topology"], row["label"]) + ".json"
+        )
         if path.exists() and json.loads(path.read_text()).get("compiled"):
             continue
         result = compile_row(row, args.timeout)
-        result["activation_floor_bytes_per_image"] = activation_lower_bound(row["model"], 224, row["per_chip"],
-                                                                            row["dtype"])
+        result["activation_floor_bytes_per_image"] = activation_lower_bound(
+            row["model"], 224, row["per_chip"], row["dtype"]
+        )
         path.write_text(json.dumps(result, indent=1))
         print(f"[{index}] {path.stem}: {result.get('error') or 'compiled'}", file=sys.stderr, flush=True)
     return write_table()
@@ -141,22 +180,30 @@ def plan_table(rows: list[dict], alone: dict[tuple, dict]) -> str:
     by setting, for the teacher share."""
     from ghostnet_jax.aot import IMAGENET_TRAIN_IMAGES
 
-    header = ("| slice | chips | from the row | pred. img/s (slice) | hours, 600 epochs | chip-hours | "
-              "teacher share |")
+    header = "| slice | chips | from the row | pred. img/s (slice) | hours, 600 epochs | chip-hours | teacher share |"
     lines = [header, "|---|---|---|---|---|---|---|"]
     for chip, chips in PLAN_SLICES.items():
-        candidates = [r for r in rows if r.get("compiled") and r["label"] == CURRENT and r["chip"] == chip
-                      and r["dtype"] == "bfloat16"
-                      and r["remat"] == "none" and r["teacher"] == "beitv2_large_patch16_224"]
+        candidates = [
+            r
+            for r in rows
+            if r.get("compiled")
+            and r["label"] == CURRENT
+            and r["chip"] == chip
+            and r["dtype"] == "bfloat16"
+            and r["remat"] == "none"
+            and r["teacher"] == "beitv2_large_patch16_224"
+        ]
         if not candidates:
             continue
         r = max(candidates, key=_recency)
         per_second = r["predicted_images_per_second_per_chip"] * chips
         hours = PLAN_EPOCHS * IMAGENET_TRAIN_IMAGES / per_second / 3600
         cores = chips * r["chip_peaks"]["cores_per_chip"]
-        lines.append(f"| {chip}-{cores} | {chips} | {r['label']} {r['model']} on {r['topology']} | "
-                     f"{per_second:,.0f} | {hours:.1f} | {hours * chips:,.0f} | "
-                     f"{_fmt(teacher_share(r, alone), '.0%')} |")
+        lines.append(
+            f"| {chip}-{cores} | {chips} | {r['label']} {r['model']} on {r['topology']} | "
+            f"{per_second:,.0f} | {hours:.1f} | {hours * chips:,.0f} | "
+            f"{_fmt(teacher_share(r, alone), '.0%')} |"
+        )
     return "\n".join(lines)
 
 
@@ -173,9 +220,11 @@ def teacher_utilisation(row: dict, alone: dict[tuple, dict]) -> float | None:
 
 def table(rows: list[dict]) -> str:
     """One line per compiled setting, grouped by label (before / after a change), then the chips' peak figures."""
-    header = ("| label | model | teacher | dtype | remat | slice | per-chip batch | HBM/chip GiB | largest batch | "
-              "GFLOP/img | MB/img | student floor MB/img | memory share | pred. img/s/chip | teacher share | "
-              "teacher % of peak | compile s |")
+    header = (
+        "| label | model | teacher | dtype | remat | slice | per-chip batch | HBM/chip GiB | largest batch | "
+        "GFLOP/img | MB/img | student floor MB/img | memory share | pred. img/s/chip | teacher share | "
+        "teacher % of peak | compile s |"
+    )
     lines = [
         "Predicted by XLA's TPU compiler (libtpu) on a 2-core CPU, no TPU involved: `python -m experiments.benchmark "
         "--suites tpu`. Step time = max(flops / peak FLOP/s, bytes accessed / HBM bandwidth) per chip (a roofline; "
@@ -189,8 +238,10 @@ def table(rows: list[dict]) -> str:
     alone = {_setting(r): r for r in rows if not r["teacher"] and r.get("compiled")}
     for r in rows:
         if not r.get("compiled"):
-            lines.append(f"| {r['label']} | {r['model']} | {r['teacher'] or '-'} | {r['dtype']} | {r['remat']} | "
-                         f"{r['topology']} | {r['per_chip']} | {r['error']} |" + " - |" * 9)
+            lines.append(
+                f"| {r['label']} | {r['model']} | {r['teacher'] or '-'} | {r['dtype']} | {r['remat']} | "
+                f"{r['topology']} | {r['per_chip']} | {r['error']} |" + " - |" * 9
+            )
             continue
         memory_share = r["programs"][0]["memory_bound_share"]
         lines.append(
@@ -206,6 +257,8 @@ def table(rows: list[dict]) -> str:
     chips = {r["chip"]: r["chip_peaks"] for r in rows if r.get("chip_peaks")}
     lines += ["", "| chip | peak bf16 TFLOP/s | HBM GB/s | HBM GiB | source |", "|---|---|---|---|---|"]
     for name, c in sorted(chips.items()):
-        lines.append(f"| {name} | {c['peak_flops'] / 1e12:.0f} | {c['hbm_bandwidth'] / 1e9:.0f} | "
-                     f"{c['hbm_bytes'] / 2**30:.0f} | {c['source']} |")
+        lines.append(
+            f"| {name} | {c['peak_flops'] / 1e12:.0f} | {c['hbm_bandwidth'] / 1e9:.0f} | "
+            f"{c['hbm_bytes'] / 2**30:.0f} | {c['source']} |"
+        )
     return "\n".join(lines)

@@ -75,7 +75,7 @@ def program_report(name: str, pmapped: Callable, args: tuple, per_chip_batch: in
     start = time.perf_counter()
     try:
         compiled = pmapped.lower(*args).compile()
-    except Exception as error:  # noqa: BLE001 - the compiler's message is the result (out of memory, an op, ...)
+    except Exception as error:
         return ProgramReport(name, per_chip_batch, compiled=False, error=_first_line(error))
     seconds = time.perf_counter() - start
     mem = compiled.memory_analysis()
@@ -147,15 +147,19 @@ class Programs:
         self.state = jax.eval_shape(lambda p, b: create_train_state(p, b, tx, config.seed), params, batch_stats)
         teacher_graphdef, self.teacher_variables, view = (
             load_teacher(config, self.info.num_classes, self.info.channels, overrides["dtype"], abstract=True)
-            if with_teacher else (None, None, None)
+            if with_teacher
+            else (None, None, None)
         )
         self.has_teacher = teacher_graphdef is not None
         self.train_step = pmap_train_step(
-            make_train_step(self.graphdef, tx, schedule, config, self.info.num_classes, teacher_graphdef, view,
-                            platform=platform),
+            make_train_step(
+                self.graphdef, tx, schedule, config, self.info.num_classes, teacher_graphdef, view, platform=platform
+            ),
             devices,
         )
-        eval_model = nnx.eval_shape(lambda: fuse(_in_eval_mode(student_model(config, self.info.num_classes, overrides))))
+        eval_model = nnx.eval_shape(
+            lambda: fuse(_in_eval_mode(student_model(config, self.info.num_classes, overrides)))
+        )
         eval_graphdef, self.eval_variables = nnx.split(eval_model)
         self.eval_step = pmap_eval_step(make_eval_step(eval_graphdef, platform=platform), devices)
 
@@ -224,8 +228,11 @@ def analyse(
     reports = [train]
     if teacher_share and programs.has_teacher:
         student_only = Programs(config, devices, with_teacher=False)
-        reports.append(program_report("train step without teacher", student_only.train_step,
-                                      student_only.train_args(per_chip), per_chip, topo))
+        reports.append(
+            program_report(
+                "train step without teacher", student_only.train_step, student_only.train_args(per_chip), per_chip, topo
+            )
+        )
     if eval_step:
         reports.append(program_report("eval step", programs.eval_step, programs.eval_args(per_chip), per_chip, topo))
 
@@ -279,49 +286,79 @@ def teacher_share_of(reports: list[ProgramReport]) -> float | None:
     by_name = {report.program: report for report in reports if report.compiled}
     if "train step" not in by_name or "train step without teacher" not in by_name:
         return None
-    return 1.0 - by_name["train step without teacher"].predicted_step_seconds / by_name["train step"].predicted_step_seconds
+    return (
+        1.0
+        - by_name["train step without teacher"].predicted_step_seconds / by_name["train step"].predicted_step_seconds
+    )
 
 
 def format_report(result: dict[str, Any]) -> str:
     """The report as one table (a row per program) and the plan's lines beneath it."""
     capacity = result["hbm_capacity_bytes"]
-    header = ["program", "compiled", "per-chip batch", "HBM/chip GiB", "GFLOP/img", "MB/img", "memory-bound",
-              "pred. step ms", "compiler ms", "img/s/chip", "compile s"]
+    header = [
+        "program",
+        "compiled",
+        "per-chip batch",
+        "HBM/chip GiB",
+        "GFLOP/img",
+        "MB/img",
+        "memory-bound",
+        "pred. step ms",
+        "compiler ms",
+        "img/s/chip",
+        "compile s",
+    ]
     rows = []
     for p in result["programs"]:
         if not p["compiled"]:
             rows.append([p["program"], p["error"]] + [""] * (len(header) - 2))
             continue
-        rows.append([
-            p["program"], "yes", str(p["per_chip_batch"]),
-            f"{p['hbm_bytes_per_chip'] / GIB:.2f} / {capacity / GIB:.0f}",
-            f"{p['flops_per_image'] / 1e9:.2f}", f"{p['bytes_per_image'] / 1e6:.0f}",
-            f"{p['memory_bound_share']:.0%}", f"{p['predicted_step_seconds'] * 1e3:.1f}",
-            f"{p['optimal_seconds'] * 1e3:.1f}" if p["optimal_seconds"] else "-",
-            f"{p['predicted_images_per_second_per_chip']:,.0f}", f"{p['compile_seconds']:.0f}",
-        ])
+        rows.append(
+            [
+                p["program"],
+                "yes",
+                str(p["per_chip_batch"]),
+                f"{p['hbm_bytes_per_chip'] / GIB:.2f} / {capacity / GIB:.0f}",
+                f"{p['flops_per_image'] / 1e9:.2f}",
+                f"{p['bytes_per_image'] / 1e6:.0f}",
+                f"{p['memory_bound_share']:.0%}",
+                f"{p['predicted_step_seconds'] * 1e3:.1f}",
+                f"{p['optimal_seconds'] * 1e3:.1f}" if p["optimal_seconds"] else "-",
+                f"{p['predicted_images_per_second_per_chip']:,.0f}",
+                f"{p['compile_seconds']:.0f}",
+            ]
+        )
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [" | ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in [header, *rows]]
     lines.insert(1, "-+-".join("-" * width for width in widths))
     chip = result["chip_peaks"]
     lines.append("")
-    lines.append(f"{result['model']} ({result['dtype']}, remat {result['remat']}, teacher {result['teacher']}) on "
-                 f"{result['topology']}: {result['chips']} chips on {result['hosts']} host(s); {chip['generation']} "
-                 f"peaks {chip['peak_flops'] / 1e12:.0f} TFLOP/s, {chip['hbm_bandwidth'] / 1e9:.0f} GB/s, "
-                 f"{chip['hbm_bytes'] / GIB:.0f} GiB HBM ({chip['source']})")
+    lines.append(
+        f"{result['model']} ({result['dtype']}, remat {result['remat']}, teacher {result['teacher']}) on "
+        f"{result['topology']}: {result['chips']} chips on {result['hosts']} host(s); {chip['generation']} "
+        f"peaks {chip['peak_flops'] / 1e12:.0f} TFLOP/s, {chip['hbm_bandwidth'] / 1e9:.0f} GB/s, "
+        f"{chip['hbm_bytes'] / GIB:.0f} GiB HBM ({chip['source']})"
+    )
     if result["compiled"] and not result["fits"]:
         over = (result["hbm_bytes_per_chip"] - capacity) / GIB
         fitting = result["max_per_chip_batch"]
-        lines.append(f"does not fit: {over:.2f} GiB per chip over the {capacity / GIB:.0f} GiB HBM; "
-                     + (f"a per-chip batch of {fitting} fits (global {fitting * result['chips']})" if fitting
-                        else "no per-chip batch fits"))
+        lines.append(
+            f"does not fit: {over:.2f} GiB per chip over the {capacity / GIB:.0f} GiB HBM; "
+            + (
+                f"a per-chip batch of {fitting} fits (global {fitting * result['chips']})"
+                if fitting
+                else "no per-chip batch fits"
+            )
+        )
     elif result["max_per_chip_batch"]:
         lines.append(f"largest per-chip batch that fits: {result['max_per_chip_batch']}")
     if result["predicted_images_per_second"]:
-        lines.append(f"predicted (roofline, see the module docstring): {result['predicted_images_per_second']:,.0f} "
-                     f"images/s for the slice; {result['epochs']:g} epochs of ImageNet-1k "
-                     f"({IMAGENET_TRAIN_IMAGES:,} images) in {result['imagenet_hours']:.1f} h, "
-                     f"{result['imagenet_chip_hours']:.0f} chip-hours")
+        lines.append(
+            f"predicted (roofline, see the module docstring): {result['predicted_images_per_second']:,.0f} "
+            f"images/s for the slice; {result['epochs']:g} epochs of ImageNet-1k "
+            f"({IMAGENET_TRAIN_IMAGES:,} images) in {result['imagenet_hours']:.1f} h, "
+            f"{result['imagenet_chip_hours']:.0f} chip-hours"
+        )
     if result["teacher_share"] is not None:
         lines.append(f"the teacher's share of the step: {result['teacher_share']:.0%}")
     return "\n".join(lines)
@@ -335,8 +372,13 @@ def main(argv: list[str]) -> None:
     jax.config.update("jax_platforms", "cpu")  # this process runs nothing on a device: it only compiles
     given = flags.FLAGS
     try:
-        result = analyse(given.config, given.topology, max_batch=given["max-batch"].value,
-                         teacher_share=given["teacher-share"].value, eval_step=given["eval-step"].value)
+        result = analyse(
+            given.config,
+            given.topology,
+            max_batch=given["max-batch"].value,
+            teacher_share=given["teacher-share"].value,
+            eval_step=given["eval-step"].value,
+        )
     except (ValueError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from None
     print(format_report(result))

@@ -49,9 +49,7 @@ def model_variables(model: nnx.Module) -> dict:
     return nnx.state(model, (nnx.Param, nnx.BatchStat)).to_pure_dict()
 
 
-def save_model(
-    directory: str | os.PathLike, model: nnx.Module, spec: dict[str, Any], *, step: int = 0
-) -> epath.Path:
+def save_model(directory: str | os.PathLike, model: nnx.Module, spec: dict[str, Any], *, step: int = 0) -> epath.Path:
     """Writes `model` and its `spec` as step `step` of a new checkpoint directory (refuses to overwrite)."""
     directory = storage_path(directory)
     if directory.exists() and any(directory.iterdir()):
@@ -84,15 +82,17 @@ def load_model(
             nnx.eval_shape(lambda: build_model(spec, dtype=dtype)), (nnx.Param, nnx.BatchStat), nnx.RngState
         )
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
-                                weights.to_pure_dict())
+        abstract = jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), weights.to_pure_dict()
+        )
         problems = _shape_problems(_shapes(abstract), _shapes(manager.item_metadata(step)[MODEL_ITEM]))
         if problems:  # checked before restoring: a failed Orbax restore left a callback for a closed event loop
-            raise ValueError(f"checkpoint {directory} step {step} does not match its spec {spec}:\n  "
-                             + "\n  ".join(problems))
-        restored = manager.restore(
-            step, args=ocp.args.Composite(**{MODEL_ITEM: ocp.args.StandardRestore(abstract)})
-        )[MODEL_ITEM]
+            raise ValueError(
+                f"checkpoint {directory} step {step} does not match its spec {spec}:\n  " + "\n  ".join(problems)
+            )
+        restored = manager.restore(step, args=ocp.args.Composite(**{MODEL_ITEM: ocp.args.StandardRestore(abstract)}))[
+            MODEL_ITEM
+        ]
     nnx.replace_by_pure_dict(weights, restored)
     return nnx.merge(graphdef, weights, seeded(rng_state)), spec
 
@@ -110,8 +110,11 @@ def _model_manager(directory: epath.Path) -> ocp.CheckpointManager:
         raise FileNotFoundError(f"no checkpoint directory at {directory}")
     # The train state's handler too: without it Orbax warns on every read of a training run's directory that an item
     # "could not be restored" (only the model is ever restored here).
-    handlers = {MODEL_ITEM: ocp.StandardCheckpointHandler(), SPEC_ITEM: ocp.JsonCheckpointHandler(),
-                STATE_ITEM: ocp.StandardCheckpointHandler()}
+    handlers = {
+        MODEL_ITEM: ocp.StandardCheckpointHandler(),
+        SPEC_ITEM: ocp.JsonCheckpointHandler(),
+        STATE_ITEM: ocp.StandardCheckpointHandler(),
+    }
     return ocp.CheckpointManager(directory, item_handlers=handlers)
 
 
@@ -125,8 +128,10 @@ def _saved_spec(manager: ocp.CheckpointManager, directory: epath.Path, step: int
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     """Dotted path -> shape of every array (or array metadata) in a nested dict."""
-    return {".".join(str(key.key) for key in path): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    return {
+        ".".join(str(key.key) for key in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
 def _format_keys(title: str, keys: list[str], limit: int = 20) -> str:
@@ -139,14 +144,20 @@ def key_problems(expected: Collection[str], found: Collection[str], mismatched: 
     keys of `expected` that `found` lacks, those it has in excess, and the given `mismatched` descriptions;
     empty when everything matches. Shared by `load_model` and the converter."""
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    return [_format_keys(title, keys)
-            for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)) if keys]
+    return [
+        _format_keys(title, keys)
+        for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched))
+        if keys
+    ]
 
 
 def _shape_problems(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]]) -> list[str]:
     """`key_problems` for two key -> shape maps."""
-    mismatched = [f"{key} {found[key]} (expected {shape})"
-                  for key, shape in sorted(expected.items()) if key in found and found[key] != shape]
+    mismatched = [
+        f"{key} {found[key]} (expected {shape})"
+        for key, shape in sorted(expected.items())
+        if key in found and found[key] != shape
+    ]
     return key_problems(expected, found, mismatched)
 
 

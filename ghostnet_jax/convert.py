@@ -14,7 +14,8 @@ import ast
 import functools
 import re
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -143,17 +144,21 @@ def from_torch(
             raise ValueError("out_indices selects feature maps: it needs features_only=True")
         return convert_state_dict(name, state_dict, use_ema=use_ema, num_classes=num_classes, **overrides)[0]
     if num_classes is not None or teacher_family(name):
-        raise ValueError(f"features_only=True builds a GhostNet backbone without a head, got {name} "
-                         f"with num_classes={num_classes}")
+        raise ValueError(
+            f"features_only=True builds a GhostNet backbone without a head, got {name} with num_classes={num_classes}"
+        )
     if "dfc_upsample" in allowed_overrides(name):
         overrides.setdefault("dfc_upsample", "nearest")
+
     def build() -> GhostNetFeatures:
         return create_model(name, features_only=True, out_indices=out_indices, **overrides)
 
     model = nnx.eval_shape(build)
     # timm's feature extractor flattens `blocks` into `blocks_<i>`
-    arrays = {re.sub(r"^blocks_(\d+)\.", r"blocks.\1.", key): value
-              for key, value in normalise_state_dict(state_dict, use_ema=use_ema).items()}
+    arrays = {
+        re.sub(r"^blocks_(\d+)\.", r"blocks.\1.", key): value
+        for key, value in normalise_state_dict(state_dict, use_ema=use_ema).items()
+    }
     beyond = (*(f"blocks.{i}." for i in range(len(model.blocks), len(STAGES) + 1)), "conv_head.", "classifier.")
     arrays = {key: value for key, value in arrays.items() if not key.startswith(beyond)}
     deploy = _is_deploy_form(arrays)
@@ -205,16 +210,16 @@ def shapes_only(build: Callable[[], nnx.Module]) -> nnx.Module:
     return nnx.merge(graphdef, weights, seeded(rng_state))
 
 
-def load_variables(model: nnx.Module, arrays: Mapping[str, np.ndarray], key_of: Callable[[tuple], str], described: str) -> None:
+def load_variables(
+    model: nnx.Module, arrays: Mapping[str, np.ndarray], key_of: Callable[[tuple], str], described: str
+) -> None:
     """Copies `arrays` (reference keys, PyTorch layout) into `model`'s parameters and statistics, all or nothing.
 
     `key_of(path)` names the reference key of each variable. Unknown, missing or mis-shaped keys raise
     ValueError listing them, before any variable is written.
     """
     variables = [
-        (key_of(path), var)
-        for path, var in nnx.iter_graph(model)
-        if isinstance(var, (nnx.Param, nnx.BatchStat))
+        (key_of(path), var) for path, var in nnx.iter_graph(model) if isinstance(var, (nnx.Param, nnx.BatchStat))
     ]
     mismatched = []
     converted = {}
@@ -267,10 +272,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", required=True, help="registry name, e.g. ghostnetv3_100")
     parser.add_argument("--torch-checkpoint", required=True, help=".pth/.pth.tar/.safetensors/.npz file")
     parser.add_argument("--output", required=True, help="new directory for the Orbax checkpoint")
-    parser.add_argument("--override", action="append", type=_parse_override, default=[], help="KEY=VALUE model override")
+    parser.add_argument(
+        "--override", action="append", type=_parse_override, default=[], help="KEY=VALUE model override"
+    )
     parser.add_argument("--no-ema", action="store_true", help="use `state_dict` even if `state_dict_ema` exists")
-    parser.add_argument("--mean", type=float, nargs="+", help="the normalisation the weights were trained with (0..1 "
-                        "units), kept in the spec: a distillation teacher's batch is re-normalised to it")
+    parser.add_argument(
+        "--mean",
+        type=float,
+        nargs="+",
+        help="the normalisation the weights were trained with (0..1 "
+        "units), kept in the spec: a distillation teacher's batch is re-normalised to it",
+    )
     parser.add_argument("--std", type=float, nargs="+", help="with --mean")
     args = parser.parse_args(argv)
     if (args.mean is None) != (args.std is None) or (args.mean and len(args.mean) != len(args.std)):

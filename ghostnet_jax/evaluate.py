@@ -67,8 +67,9 @@ def add_transform_arguments(parser: argparse.ArgumentParser) -> None:
     """The eval transform's flags, shared with `predict` and `export`; unset ones come from the checkpoint."""
     parser.add_argument("--image-size", type=int, default=None, help="default: the checkpoint's")
     parser.add_argument("--crop-pct", type=float, default=None, help="default: the checkpoint's")
-    parser.add_argument("--interpolation", default=None, choices=("bilinear", "bicubic"),
-                        help="default: the checkpoint's")
+    parser.add_argument(
+        "--interpolation", default=None, choices=("bilinear", "bicubic"), help="default: the checkpoint's"
+    )
     parser.add_argument("--mean", type=float, nargs="+", default=None, help="0..1 units (default: the checkpoint's)")
     parser.add_argument("--std", type=float, nargs="+", default=None, help="0..1 units (default: the checkpoint's)")
 
@@ -91,11 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     parser.add_argument("--data", default=None, help="TFDS dataset name (default: the checkpoint's)")
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir (default: TFDS's)")
-    parser.add_argument("--folder", default=None,
-                        help="an image folder, DIR/SPLIT/CLASS/IMAGE (default: the checkpoint's, if it was trained "
-                             "on one)")
-    parser.add_argument("--split", default=None,
-                        help="eval split, e.g. 'validation' or 'test[:1000]' (default: the checkpoint's)")
+    parser.add_argument(
+        "--folder",
+        default=None,
+        help="an image folder, DIR/SPLIT/CLASS/IMAGE (default: the checkpoint's, if it was trained on one)",
+    )
+    parser.add_argument(
+        "--split", default=None, help="eval split, e.g. 'validation' or 'test[:1000]' (default: the checkpoint's)"
+    )
     add_transform_arguments(parser)
     add_cache_argument(parser)
     parser.add_argument("--batch-size", type=int, default=64, help="global batch size (a multiple of the devices)")
@@ -113,11 +117,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data = data_config(args, spec)
     info = pipeline.dataset_info(data)
     if info.num_classes != spec["num_classes"]:
-        raise ValueError(f"{data.folder or data.name} has {info.num_classes} classes but the checkpoint's model "
-                         f"{spec['num_classes']}")
+        raise ValueError(
+            f"{data.folder or data.name} has {info.num_classes} classes but the checkpoint's model "
+            f"{spec['num_classes']}"
+        )
     result = accuracy(model, pipeline.eval_batches(data, global_batch_size=args.batch_size))
-    print(json.dumps({"checkpoint": args.checkpoint, "data": data.folder or data.name, "split": data.eval_split}
-                     | result))
+    print(
+        json.dumps({"checkpoint": args.checkpoint, "data": data.folder or data.name, "split": data.eval_split} | result)
+    )
     return result
 
 

@@ -32,8 +32,16 @@ from ghostnet_jax.storage import storage_path, write_atomically
 from ghostnet_jax.training.compilation_cache import add_cache_argument, use_compilation_cache
 
 
-def load_image(path: str, *, channels: int, image_size: int, crop_pct: float, interpolation: str,
-               mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+def load_image(
+    path: str,
+    *,
+    channels: int,
+    image_size: int,
+    crop_pct: float,
+    interpolation: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> np.ndarray:
     """One eval-transformed image (float32 HWC); a missing or undecodable file raises ValueError naming it."""
     try:
         encoded = tf.io.read_file(path)
@@ -53,8 +61,12 @@ def image_paths(arguments: Sequence[str]) -> list[str]:
     paths = []
     for argument in arguments:
         if tf.io.gfile.isdir(argument):
-            found = sorted(os.path.join(root, name) for root, _, names in tf.io.gfile.walk(argument)
-                           for name in names if name.lower().endswith(IMAGE_SUFFIXES))
+            found = sorted(
+                os.path.join(root, name)
+                for root, _, names in tf.io.gfile.walk(argument)
+                for name in names
+                if name.lower().endswith(IMAGE_SUFFIXES)
+            )
             if not found:
                 raise ValueError(f"folder {argument!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             paths += found
@@ -123,15 +135,27 @@ def main(argv: list[str] | None = None) -> list[list[tuple[str, float]]]:
     for start in range(0, len(paths), BATCH):
         batch = paths[start : start + BATCH]
         try:
-            images = np.stack([load_image(path, channels=channels, image_size=args.image_size,
-                                          crop_pct=args.crop_pct, interpolation=args.interpolation, mean=mean, std=std)
-                               for path in batch])
+            images = np.stack(
+                [
+                    load_image(
+                        path,
+                        channels=channels,
+                        image_size=args.image_size,
+                        crop_pct=args.crop_pct,
+                        interpolation=args.interpolation,
+                        mean=mean,
+                        std=std,
+                    )
+                    for path in batch
+                ]
+            )
         except ValueError as error:
             parser.error(str(error))
         indices, probabilities = top5(model, images, k=min(5, spec["num_classes"]))
         for path, row, probs in zip(batch, indices, probabilities):
-            results.append([(model_inputs.readable(names[i]) if names else str(i), float(p))
-                            for i, p in zip(row, probs)])
+            results.append(
+                [(model_inputs.readable(names[i]) if names else str(i), float(p)) for i, p in zip(row, probs)]
+            )
             print(path + ": " + ", ".join(f"{name} {p:.3f}" for name, p in results[-1]))
     if args.csv:
         write_csv(args.csv, list(zip(paths, results)))

@@ -38,8 +38,16 @@ _ALIASES = {"v5litepod": "v5e"}
 # Chips -> torus shape, as Cloud TPU lays out its slices; hosts hold 4 chips (2x2 or 2x2x1), except the single-host
 # 8-chip v5e and v6e machines.
 _SHAPES_2D = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16), 256: (16, 16)}
-_SHAPES_3D = {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4), 128: (4, 4, 8),
-              256: (4, 8, 8), 512: (8, 8, 8)}
+_SHAPES_3D = {
+    4: (2, 2, 1),
+    8: (2, 2, 2),
+    16: (2, 2, 4),
+    32: (2, 4, 4),
+    64: (4, 4, 4),
+    128: (4, 4, 8),
+    256: (4, 8, 8),
+    512: (8, 8, 8),
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,8 +21,8 @@ if _OWNS_TEST_CACHE:
     os.environ["GHOSTNET_JAX_TEST_CACHE"] = tempfile.mkdtemp(prefix="ghostnet_jax_tests_")
 os.environ["XDG_CACHE_HOME"] = os.environ["GHOSTNET_JAX_TEST_CACHE"]
 
-# torch (through timm) must be imported before tensorflow: the other order segfaults in this stack.
-import timm  # noqa: F401
+# torch must be imported before tensorflow: the other order segfaults in this stack.
+import torch
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,8 +42,6 @@ def to_nhwc(x: np.ndarray) -> jax.Array:
 
 def randomise_torch_batchnorm(model, seed: int = 0) -> None:
     """Gives every BatchNorm non-trivial affine parameters and running statistics, so that mistakes show."""
-    import torch
-
     generator = torch.Generator().manual_seed(seed)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -91,7 +89,9 @@ def timm():
     """timm 1.0.31, the reference implementation (bit-identical to the official code in eval mode)."""
     import timm as timm_module
 
-    assert timm_module.__version__ == "1.0.31", f"the parity tests are pinned to timm 1.0.31, got {timm_module.__version__}"
+    assert timm_module.__version__ == "1.0.31", (
+        f"the parity tests are pinned to timm 1.0.31, got {timm_module.__version__}"
+    )
     return timm_module
 
 

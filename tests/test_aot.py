@@ -24,8 +24,13 @@ from ghostnet_jax.training.steps import AXIS, make_train_step
 
 ROOT = Path(__file__).resolve().parent.parent
 PER_CHIP = 8
-SMALL = ["--config.distill.alpha=0", "--config.model.num_conv_branches=1", "--config.model.scale_branch=False",
-         "--config.model.identity_branch=False", f"--config.batch_size={4 * PER_CHIP}"]
+SMALL = [
+    "--config.distill.alpha=0",
+    "--config.model.num_conv_branches=1",
+    "--config.model.scale_branch=False",
+    "--config.model.identity_branch=False",
+    f"--config.batch_size={4 * PER_CHIP}",
+]
 
 
 def small_config(dtype: str = "bfloat16", batch_size: int = 4 * PER_CHIP):
@@ -40,8 +45,19 @@ def small_config(dtype: str = "bfloat16", batch_size: int = 4 * PER_CHIP):
 def cli_report(tmp_path_factory):
     """The README's command on the small config for v5e-4 (2x2 chips), run as a user runs it."""
     path = tmp_path_factory.mktemp("aot") / "report.json"
-    command = [sys.executable, "-m", "ghostnet_jax.aot", "--config", "configs/v3.py:fashion_mnist", *SMALL,
-               "--config.model.dtype=bfloat16", "--topology", "v5e-4", "--json", str(path)]
+    command = [
+        sys.executable,
+        "-m",
+        "ghostnet_jax.aot",
+        "--config",
+        "configs/v3.py:fashion_mnist",
+        *SMALL,
+        "--config.model.dtype=bfloat16",
+        "--topology",
+        "v5e-4",
+        "--json",
+        str(path),
+    ]
     done = subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(path.read_text()), done.stdout
@@ -57,7 +73,9 @@ def test_cli_compiles_the_train_step_for_a_v5e_slice_and_writes_the_report(cli_r
     report, stdout = cli_report
     assert report["compiled"] and report["error"] is None
     assert (report["topology"], report["chips"], report["hosts"], report["per_chip_batch"]) == ("v5e-4", 4, 1, PER_CHIP)
-    assert report["hbm_capacity_bytes"] == 16 * 2**30 and 0 < report["hbm_bytes_per_chip"] < report["hbm_capacity_bytes"]
+    assert (
+        report["hbm_capacity_bytes"] == 16 * 2**30 and 0 < report["hbm_bytes_per_chip"] < report["hbm_capacity_bytes"]
+    )
     for field in ("flops_per_image", "bytes_per_image", "predicted_images_per_second_per_chip", "compile_seconds"):
         assert report[field] > 0, field
     assert "max_per_chip_batch" in report and "optimal_seconds" in report
@@ -76,8 +94,9 @@ def test_tpu_program_holds_depthwise_convolutions_as_xla_convolutions(cli_report
     _, programs = v5e_programs
     bf16 = programs["bfloat16"]
     for platform, grouped in (("tpu", True), ("cpu", False)):
-        step = make_train_step(bf16.graphdef, bf16.tx, bf16.schedule, bf16.config, bf16.info.num_classes,
-                               platform=platform)
+        step = make_train_step(
+            bf16.graphdef, bf16.tx, bf16.schedule, bf16.config, bf16.info.num_classes, platform=platform
+        )
         lowered = pmap_train_step(step, bf16.devices).lower(*bf16.train_args(PER_CHIP)).as_text()
         assert (aot.grouped_convolutions(lowered) > 10) == grouped, platform
 
@@ -120,8 +139,16 @@ def test_flops_and_bytes_per_image_agree_with_an_independent_compile(cli_report,
 
     # The state donated, as training does: without it XLA keeps both copies and the counts differ (here 44 against
     # 52 MB per image: the in-place update costs traffic at this tiny batch).
-    sharded = jax.jit(jax.shard_map(per_chip, mesh=mesh, in_specs=(replicated, replicated, split),
-                                    out_specs=(replicated, replicated), check_vma=False), donate_argnums=(0,))
+    sharded = jax.jit(
+        jax.shard_map(
+            per_chip,
+            mesh=mesh,
+            in_specs=(replicated, replicated, split),
+            out_specs=(replicated, replicated),
+            check_vma=False,
+        ),
+        donate_argnums=(0,),
+    )
     cost = sharded.lower(bf16.state, bf16.rest, bf16.batch(PER_CHIP)).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     assert cost["flops"] / PER_CHIP == pytest.approx(report["flops_per_image"], rel=0.02)
@@ -139,10 +166,19 @@ def test_compiles_for_a_two_host_slice():
     assert 0 < report.hbm_bytes_per_chip < CHIPS["v4"].hbm_bytes
 
 
-@pytest.mark.parametrize("name, chips, hosts", [
-    ("v4-8", 4, 1), ("v4-32", 16, 4), ("v5e-8", 8, 1), ("v5litepod-8", 8, 1), ("v5e-64", 64, 16), ("v5p-8", 4, 1),
-    ("v6e-8", 8, 1), ("v6e-64", 64, 16),
-])
+@pytest.mark.parametrize(
+    "name, chips, hosts",
+    [
+        ("v4-8", 4, 1),
+        ("v4-32", 16, 4),
+        ("v5e-8", 8, 1),
+        ("v5litepod-8", 8, 1),
+        ("v5e-64", 64, 16),
+        ("v5p-8", 4, 1),
+        ("v6e-8", 8, 1),
+        ("v6e-64", 64, 16),
+    ],
+)
 def test_accelerator_types_name_cloud_tpu_slices(name, chips, hosts):
     topo = topology(name)
     assert (topo.chips, topo.hosts) == (chips, hosts)
@@ -154,8 +190,14 @@ def test_unknown_topology_is_a_clear_error_listing_the_known_ones():
     with pytest.raises(ValueError, match="unknown TPU topology 'v5e-7'.*v4-32.*v5e-8"):
         topology("v5e-7")
     assert {"v4-8", "v4-32", "v5e-8", "v5e-64", "v5p-8", "v6e-8"} <= set(known_topologies())
-    done = subprocess.run([sys.executable, "-m", "ghostnet_jax.aot", "--config", "configs/v3.py", "--topology", "v9-8"],
-                          check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "ghostnet_jax.aot", "--config", "configs/v3.py", "--topology", "v9-8"],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode != 0
     assert "unknown TPU topology 'v9-8'" in done.stderr and "Traceback" not in done.stderr
 
@@ -184,7 +226,8 @@ def test_with_libtpu_installed_a_process_on_a_machine_without_tpu_starts_quietly
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # the tests' own setting: as a user starts
     bare = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
     assert "TPU" in bare.stderr  # the noise the package prevents: libtpu really is installed and really probes
-    ours = subprocess.run([sys.executable, "-c", "import ghostnet_jax; " + probe], capture_output=True, text=True,
-                          check=True, env=env)
+    ours = subprocess.run(
+        [sys.executable, "-c", "import ghostnet_jax; " + probe], capture_output=True, text=True, check=True, env=env
+    )
     assert ours.stdout.strip() == bare.stdout.strip() == "cpu"
     assert ours.stderr == ""

@@ -132,20 +132,35 @@ def test_registry_and_cli_round_trip(pair_of, tmp_path):
     source = tmp_path / "beit.npz"
     np.savez(source, **{k: v.numpy() for k, v in reference.state_dict().items()})
     output = tmp_path / "ckpt"
-    arguments = ["--model", name, "--torch-checkpoint", str(source), "--output", str(output),
-                 "--override", f"img_size={SMALL}"]
+    arguments = [
+        "--model",
+        name,
+        "--torch-checkpoint",
+        str(source),
+        "--output",
+        str(output),
+        "--override",
+        f"img_size={SMALL}",
+    ]
     with pytest.raises(SystemExit):  # argparse's error: --mean without --std, refused before anything is read
         convert_main(arguments + ["--mean", "0.5", "0.5", "0.5"])
     assert not output.exists()
     convert_main(arguments + ["--mean", "0.5", "0.5", "0.5", "--std", "0.5", "0.5", "0.5"])  # BEiT v1's constants
     loaded, spec = load_model(output)
     x = np.random.default_rng(6).normal(size=(1, SMALL, SMALL, 3)).astype(np.float32)
-    assert spec["name"] == name and spec["overrides"] == {"img_size": SMALL} and spec["data"]["mean"] == spec["data"]["std"] == [0.5] * 3
+    assert (
+        spec["name"] == name
+        and spec["overrides"] == {"img_size": SMALL}
+        and spec["data"]["mean"] == spec["data"]["std"] == [0.5] * 3
+    )
     np.testing.assert_array_equal(np.asarray(jit_forward(loaded, x)), np.asarray(jit_forward(converted, x)))
     config = base_config()
     config.distill.teacher, config.data.image_size = str(output), 2 * SMALL
-    with pytest.raises(ValueError, match=rf"takes {SMALL}x{SMALL} images but would see {2 * SMALL}x{2 * SMALL}; "
-                                         rf"set config.distill.teacher_size={SMALL}"):
+    with pytest.raises(
+        ValueError,
+        match=rf"takes {SMALL}x{SMALL} images but would see {2 * SMALL}x{2 * SMALL}; "
+        rf"set config.distill.teacher_size={SMALL}",
+    ):
         load_teacher(config, num_classes=1000, channels=3, dtype="float32")
     config.distill.teacher_size = SMALL  # the student's larger batch, resized for the teacher
     graphdef, variables, view = load_teacher(config, num_classes=1000, channels=3, dtype="float32")
@@ -154,6 +169,8 @@ def test_registry_and_cli_round_trip(pair_of, tmp_path):
     np.testing.assert_allclose(view.offset, (mean - 0.5) / 0.5, rtol=1e-12)
     config.distill.update(teacher_mean=tuple(config.data.mean), teacher_std=tuple(config.data.std))
     assert load_teacher(config, num_classes=1000, channels=3, dtype="float32")[2] == TeacherView(SMALL)  # config wins
-    np.testing.assert_array_equal(np.asarray(jit_forward(nnx.merge(graphdef, variables), x)), np.asarray(jit_forward(converted, x)))
+    np.testing.assert_array_equal(
+        np.asarray(jit_forward(nnx.merge(graphdef, variables), x)), np.asarray(jit_forward(converted, x))
+    )
     with pytest.raises(ValueError, match=r"3 channels\) does not fit this dataset \(1000 classes, 1 channels\)"):
         load_teacher(config, num_classes=1000, channels=1, dtype="float32")

@@ -31,8 +31,11 @@ def run(data_dir, tmp_path_factory):
 
 def snapshot(directory) -> dict[str, str]:
     """Every file under `directory` with a hash of its contents: equal snapshots mean nothing was touched."""
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def steps_on_disk(checkpoints) -> set[int]:
@@ -74,8 +77,9 @@ def eval_of_another_model(config):
     ],
     ids=["width", "optimizer", "eval-model"],
 )
-def test_a_config_that_does_not_fit_is_an_error_naming_the_field_and_nothing_moves(run, data_dir, tmp_path, change,
-                                                                                    message):
+def test_a_config_that_does_not_fit_is_an_error_naming_the_field_and_nothing_moves(
+    run, data_dir, tmp_path, change, message
+):
     workdir = copy_of(run, tmp_path)
     before = snapshot(workdir)
     config = run_config(data_dir)
@@ -86,12 +90,16 @@ def test_a_config_that_does_not_fit_is_an_error_naming_the_field_and_nothing_mov
 
 
 def test_a_resume_with_another_learning_rate_is_refused_unless_allowed_and_then_every_config_is_kept(
-        run, data_dir, tmp_path):
+    run, data_dir, tmp_path
+):
     workdir = copy_of(run, tmp_path)
     before = snapshot(workdir)
     first = (workdir / "config.json").read_text()
-    with pytest.raises(ConfigChangedError, match=r"optim\.lr: 0\.2 in config\.json, 0\.05 in this config.*"
-                                                 r"allow_config_change"):
+    with pytest.raises(
+        ConfigChangedError,
+        match=r"optim\.lr: 0\.2 in config\.json, 0\.05 in this config.*"
+        r"allow_config_change",
+    ):
         train_and_evaluate(run_config(data_dir, max_steps=10, optim={"lr": 0.05}), workdir)
     assert snapshot(workdir) == before
 
@@ -130,12 +138,16 @@ def connection_lost(*args, **kwargs):
 
 @pytest.mark.parametrize(
     "target, fault",
-    [("tensorstore.open", unreachable_storage), ("tensorstore.open", device_out_of_memory),
-     ("orbax.checkpoint.CheckpointManager.restore", connection_lost)],
+    [
+        ("tensorstore.open", unreachable_storage),
+        ("tensorstore.open", device_out_of_memory),
+        ("orbax.checkpoint.CheckpointManager.restore", connection_lost),
+    ],
     ids=["tensorstore-unavailable", "out-of-memory", "connection"],
 )
-def test_a_read_that_fails_without_evidence_of_damage_fails_the_run_and_touches_nothing(run, data_dir, tmp_path,
-                                                                                        monkeypatch, target, fault):
+def test_a_read_that_fails_without_evidence_of_damage_fails_the_run_and_touches_nothing(
+    run, data_dir, tmp_path, monkeypatch, target, fault
+):
     """tensorstore raises ValueError for every failed status; only damaged files may cost a checkpoint."""
     workdir = copy_of(run, tmp_path)
     before = snapshot(workdir)
@@ -167,9 +179,11 @@ def test_when_no_step_restores_the_run_fails_listing_them_and_never_starts_from_
     for step in kept:
         garble(workdir / "checkpoints" / str(step))
     metrics_before = (workdir / "metrics.jsonl").read_text()
-    for attempt in range(2):  # the first sets the damaged steps aside; a rerun still refuses
-        with pytest.raises(CheckpointReadError, match="no checkpoint in .* restores: " + ".*".join(
-                f"step {step} " for step in reversed(kept))):
+    for _attempt in range(2):  # the first sets the damaged steps aside; a rerun still refuses
+        with pytest.raises(
+            CheckpointReadError,
+            match="no checkpoint in .* restores: " + ".*".join(f"step {step} " for step in reversed(kept)),
+        ):
             train_and_evaluate(run_config(data_dir), workdir)
     assert steps_on_disk(workdir / "checkpoints") == set()
     assert (workdir / "metrics.jsonl").read_text() == metrics_before

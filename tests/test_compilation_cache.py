@@ -28,8 +28,9 @@ jax.block_until_ready(jnp.sin(jnp.arange(7.0)))
 def cached_programs(directory: Path, *argv: str, **environment: str) -> list[str]:
     """The names of the programs a fresh process running PROGRAM left in `directory`."""
     env = {key: value for key, value in os.environ.items() if key != "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"}
-    subprocess.run([sys.executable, "-c", PROGRAM, *argv], cwd=ROOT, env=env | environment, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", PROGRAM, *argv], cwd=ROOT, env=env | environment, check=True, capture_output=True
+    )
     return sorted(path.name for path in directory.iterdir())
 
 
@@ -48,11 +49,14 @@ class CacheChosen(Exception):
     """Stops a command once it has chosen its compilation cache, before it loads anything."""
 
 
-@pytest.mark.parametrize("module, argv", [
-    ("ghostnet_jax.evaluate", ["--checkpoint", "{tmp}"]),
-    ("ghostnet_jax.predict", ["--checkpoint", "{tmp}", "image.png"]),
-    ("ghostnet_jax.export.cli", ["--checkpoint", "{tmp}", "--format", "onnx", "--output", "{tmp}/model.onnx"]),
-])
+@pytest.mark.parametrize(
+    "module, argv",
+    [
+        ("ghostnet_jax.evaluate", ["--checkpoint", "{tmp}"]),
+        ("ghostnet_jax.predict", ["--checkpoint", "{tmp}", "image.png"]),
+        ("ghostnet_jax.export.cli", ["--checkpoint", "{tmp}", "--format", "onnx", "--output", "{tmp}/model.onnx"]),
+    ],
+)
 def test_each_command_uses_the_cache_directory_its_flag_names(module, argv, tmp_path, monkeypatch):
     command, chosen = importlib.import_module(module), []
 

@@ -67,7 +67,9 @@ def test_train_mode_forward_and_running_statistics_match_timm(timm, name):
     assert_matches(model, x, expected)
     updated = from_torch(name, torch_model.state_dict())  # timm's running statistics after the step
     ours, theirs = nnx.state(model, nnx.BatchStat), nnx.state(updated, nnx.BatchStat)
-    for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree_util.tree_leaves_with_path(theirs)):
+    for (path, a), (_, b) in zip(
+        jax.tree_util.tree_leaves_with_path(ours), jax.tree_util.tree_leaves_with_path(theirs)
+    ):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5, err_msg=str(path))
 
 
@@ -118,16 +120,31 @@ def test_mismatched_checkpoints_list_every_problem(timm):
 def test_cli_writes_an_orbax_checkpoint_that_restores_the_same_model(timm, tmp_path):
     torch_model = reference(timm, "ghostnetv3_050")
     torch.save({"state_dict": torch_model.state_dict(), "epoch": 1}, tmp_path / "weights.pth.tar")
-    convert_main(["--model", "ghostnetv3_050", "--torch-checkpoint", str(tmp_path / "weights.pth.tar"),
-                  "--output", str(tmp_path / "converted")])
+    convert_main(
+        [
+            "--model",
+            "ghostnetv3_050",
+            "--torch-checkpoint",
+            str(tmp_path / "weights.pth.tar"),
+            "--output",
+            str(tmp_path / "converted"),
+        ]
+    )
     model, spec = load_model(tmp_path / "converted")
     data = spec.pop("data")
-    assert spec == {"name": "ghostnetv3_050", "num_classes": 1000, "overrides": {"dfc_upsample": "nearest"},
-                    "fused": False}
+    assert spec == {
+        "name": "ghostnetv3_050",
+        "num_classes": 1000,
+        "overrides": {"dfc_upsample": "nearest"},
+        "fused": False,
+    }
     # timm's pretrained cfg for the GhostNets, and ImageNet's 1000 WordNet ids in label order
     pretrained = torch_model.pretrained_cfg
     assert (data["image_size"], data["crop_pct"], data["interpolation"]) == (
-        pretrained["input_size"][1], pretrained["crop_pct"], pretrained["interpolation"])
+        pretrained["input_size"][1],
+        pretrained["crop_pct"],
+        pretrained["interpolation"],
+    )
     np.testing.assert_allclose(data["mean"] + data["std"], [*pretrained["mean"], *pretrained["std"]])
     assert len(data["labels"]) == 1000 and data["labels"][:2] == ["n01440764", "n01443537"]
     assert_matches(model, *reference_logits(torch_model, SIZES[0]))  # the parity test's compiled forward
@@ -143,12 +160,28 @@ def test_cli_writes_nothing_on_error(timm, tmp_path):
     state.pop("classifier.bias")
     torch.save(state, tmp_path / "broken.pth")
     with pytest.raises(ValueError, match="missing"):
-        convert_main(["--model", "ghostnet_050", "--torch-checkpoint", str(tmp_path / "broken.pth"),
-                      "--output", str(tmp_path / "out")])
+        convert_main(
+            [
+                "--model",
+                "ghostnet_050",
+                "--torch-checkpoint",
+                str(tmp_path / "broken.pth"),
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
     assert not (tmp_path / "out").exists()
     with pytest.raises(FileNotFoundError, match="no checkpoint file"):
-        convert_main(["--model", "ghostnet_050", "--torch-checkpoint", str(tmp_path / "absent.pth"),
-                      "--output", str(tmp_path / "out")])
+        convert_main(
+            [
+                "--model",
+                "ghostnet_050",
+                "--torch-checkpoint",
+                str(tmp_path / "absent.pth"),
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -164,7 +197,9 @@ def test_a_checkpoint_that_does_not_match_its_spec_is_an_error_naming_both(tmp_p
     """The network is built from the spec as shapes only; weights of another width must still be refused."""
     spec = model_spec("ghostnet_100", num_classes=10, overrides={}, fused=False)
     save_model(tmp_path / "mislabelled", create_model("ghostnet_050", num_classes=10), spec)
-    with pytest.raises(ValueError, match=r"mislabelled step 0 does not match its spec \{'name': 'ghostnet_100'") as error:
+    with pytest.raises(
+        ValueError, match=r"mislabelled step 0 does not match its spec \{'name': 'ghostnet_100'"
+    ) as error:
         load_model(tmp_path / "mislabelled")
     # the same layers at half the width: every key is there, shapes listed in key order (HWIO kernels)
     message = str(error.value)

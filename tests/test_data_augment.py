@@ -10,7 +10,7 @@ import timm.data
 import timm.data.auto_augment as timm_aa
 from PIL import Image
 
-import tensorflow as tf  # noqa: E402  (after torch, see above)
+import tensorflow as tf
 
 from ghostnet_jax.data import augment, transforms
 

@@ -116,8 +116,9 @@ def test_cached_global_batches_are_the_same_for_any_number_of_processes(fashion_
     for batch, first, second in zip(expected, *shares):
         for key in ("image", "label"):
             assert first[key].shape[:2] == (DEVICES, 12)
-            joined = np.concatenate([first[key].reshape((24,) + first[key].shape[2:]),
-                                     second[key].reshape((24,) + second[key].shape[2:])])
+            joined = np.concatenate(
+                [first[key].reshape((24,) + first[key].shape[2:]), second[key].reshape((24,) + second[key].shape[2:])]
+            )
             np.testing.assert_array_equal(joined, batch[key].reshape((48,) + batch[key].shape[2:]))
 
 
@@ -130,8 +131,10 @@ def test_fashion_eval_counts_every_example_once(fashion_config):
         count += 1
         assert np.all(batch["image"][~mask] == 0)
     assert count == -(-10000 // 768)
-    np.testing.assert_array_equal(np.bincount(np.concatenate(labels), minlength=10),
-                                  np.bincount(_raw_idx("t10k-labels-idx1-ubyte.gz"), minlength=10))
+    np.testing.assert_array_equal(
+        np.bincount(np.concatenate(labels), minlength=10),
+        np.bincount(_raw_idx("t10k-labels-idx1-ubyte.gz"), minlength=10),
+    )
 
 
 def test_mock_imagenet_train_batches(mock_imagenet):

@@ -28,14 +28,29 @@ def checkpoint(tmp_path_factory):
 
 
 def _snapshot(directory):
-    return {os.path.join(root, f): os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(directory)
-            for f in files}
+    return {
+        os.path.join(root, f): os.path.getsize(os.path.join(root, f))
+        for root, _, files in os.walk(directory)
+        for f in files
+    }
 
 
 def test_evaluate_counts_top1_top5_and_leaves_checkpoint_alone(checkpoint, data_dir):
     before = _snapshot(checkpoint)
-    argv = ["--checkpoint", checkpoint, "--data", "fashion_mnist_debian", "--data-dir", data_dir,
-            "--split", "test[:37]", "--image-size", "32", "--batch-size", "16"]
+    argv = [
+        "--checkpoint",
+        checkpoint,
+        "--data",
+        "fashion_mnist_debian",
+        "--data-dir",
+        data_dir,
+        "--split",
+        "test[:37]",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+    ]
     result = evaluate.main(argv)
     assert _snapshot(checkpoint) == before
 
@@ -64,7 +79,7 @@ def test_evaluate_rejects_missing_checkpoint(tmp_path):
 def test_jpeg_decode_equals_pil(mode):
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (37, 53, 3), np.uint8)
-    pixels = (pixels // 2 + np.linspace(0, 127, 53, dtype=np.uint8)[None, :, None])  # texture plus a gradient
+    pixels = pixels // 2 + np.linspace(0, 127, 53, dtype=np.uint8)[None, :, None]  # texture plus a gradient
     buffer = io.BytesIO()
     Image.fromarray(pixels).convert(mode).save(buffer, format="JPEG", quality=90)
     expected = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert(mode))
@@ -79,8 +94,15 @@ def test_predict_top5_names_and_probabilities(checkpoint, tmp_path):
     results = predict.main(["--checkpoint", checkpoint, "--labels", "fashion_mnist", "--image-size", "32", path])
 
     model, _ = load_model(checkpoint)
-    image = predict.load_image(path, channels=1, image_size=32, crop_pct=0.875, interpolation="bicubic",
-                               mean=(np.mean(pipeline.IMAGENET_MEAN),), std=(np.mean(pipeline.IMAGENET_STD),))
+    image = predict.load_image(
+        path,
+        channels=1,
+        image_size=32,
+        crop_pct=0.875,
+        interpolation="bicubic",
+        mean=(np.mean(pipeline.IMAGENET_MEAN),),
+        std=(np.mean(pipeline.IMAGENET_STD),),
+    )
     logits = np.asarray(nnx.jit(lambda m, x: m(x))(model, image[None]), np.float64)[0]
     softmax = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -127,16 +149,18 @@ def test_imagenet_class_names_are_tfds_label_order_with_wordnet_lemmas():
     lemmas = model_inputs.imagenet_lemmas()
     assert list(lemmas) == tfds.builder("imagenet2012").info.features["label"].names
     info = ImageNetInfo()
-    assert [lemmas[info.index_to_label_name(i)] for i in range(1000)] == [info.index_to_description(i)
-                                                                          for i in range(1000)]
+    assert [lemmas[info.index_to_label_name(i)] for i in range(1000)] == [
+        info.index_to_description(i) for i in range(1000)
+    ]
     assert model_inputs.readable("n01440764") == "tench" and model_inputs.readable("Trouser") == "Trouser"
 
 
 def test_predict_and_evaluate_use_the_transform_and_names_the_checkpoint_records(data_dir, tmp_path):
     data = v3.get_config("fashion_mnist").data
     data.update(data_dir=data_dir, image_size=36)
-    spec = model_spec("ghostnet_100", num_classes=10, overrides=OVERRIDES, fused=False,
-                      data=model_inputs.from_data_config(data))
+    spec = model_spec(
+        "ghostnet_100", num_classes=10, overrides=OVERRIDES, fused=False, data=model_inputs.from_data_config(data)
+    )
     model = create_model("ghostnet_100", num_classes=10, **OVERRIDES)
     directory = str(save_model(tmp_path / "run", model, spec))
     path = str(tmp_path / "boot.png")
@@ -144,8 +168,9 @@ def test_predict_and_evaluate_use_the_transform_and_names_the_checkpoint_records
 
     results = predict.main(["--checkpoint", directory, path])
     mean, std = (float(np.mean(data.mean)),), (float(np.mean(data.std)),)
-    image = predict.load_image(path, channels=1, image_size=36, crop_pct=1.0, interpolation="bicubic",
-                               mean=mean, std=std)
+    image = predict.load_image(
+        path, channels=1, image_size=36, crop_pct=1.0, interpolation="bicubic", mean=mean, std=std
+    )
     model, _ = load_model(directory)
     logits = np.asarray(nnx.jit(lambda m, x: m(x))(model, image[None]))[0]
     names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]

@@ -58,8 +58,12 @@ def test_readme_lists_every_arm_with_its_command_and_every_claim():
 
 
 def test_step_decay_ends_at_the_cosine_schedules_final_lr():
-    runs = {r.arm: r for r in run.plan_runs(["baseline", "step_decay"], [0], scale="fashion", root=REPO / "unused",
-                                            teacher="unused", extra={})}
+    runs = {
+        r.arm: r
+        for r in run.plan_runs(
+            ["baseline", "step_decay"], [0], scale="fashion", root=REPO / "unused", teacher="unused", extra={}
+        )
+    }
     ends = {}
     for name in ("baseline", "step_decay"):
         config = runs[name].config()
@@ -84,8 +88,7 @@ def test_fashion_scale_trains_the_teacher_first_for_every_distilling_arm(tmp_pat
     assert run.plan_runs(["kd_off"], [0], scale="fashion", root=tmp_path, teacher=None, extra={})[0].arm == "kd_off"
 
 
-def test_long_budget_is_six_times_the_short_one_evaluated_8_times_with_its_arms_and_a_given_teacher(
-        tmp_path, capsys):
+def test_long_budget_is_six_times_the_short_one_evaluated_8_times_with_its_arms_and_a_given_teacher(tmp_path, capsys):
     long, short = SCALES["fashion_long"], SCALES["fashion"]
     assert long.root != short.root and long.results != short.results
     with pytest.raises(ValueError, match="pass --teacher"):
@@ -119,8 +122,14 @@ def test_a_missing_teacher_is_refused_before_anything_trains(tmp_path):
 
 
 def test_imagenet_scale_builds_full_recipe_commands_with_the_given_teacher(tmp_path):
-    runs = run.plan_runs(["baseline", "kd_off"], [0, 1], scale="imagenet", root=tmp_path, teacher="/ckpt/teacher",
-                         extra={"data.data_dir": "/data"})
+    runs = run.plan_runs(
+        ["baseline", "kd_off"],
+        [0, 1],
+        scale="imagenet",
+        root=tmp_path,
+        teacher="/ckpt/teacher",
+        extra={"data.data_dir": "/data"},
+    )
     assert [(r.arm, r.seed) for r in runs] == [("baseline", 0), ("kd_off", 0), ("baseline", 1), ("kd_off", 1)]
     baseline = runs[0].command()
     assert baseline.startswith("python -m ghostnet_jax.main --config configs/v3.py --workdir ")
@@ -134,8 +143,14 @@ def test_imagenet_scale_builds_full_recipe_commands_with_the_given_teacher(tmp_p
 
 def test_each_runs_equivalent_command_builds_the_same_config(monkeypatch):
     monkeypatch.chdir(REPO)
-    for planned in run.plan_runs(["v2", "step_decay", "aug_none"], [1], scale="fashion", root=REPO / "unused",
-                                 teacher=None, extra={"data.crop_scale": (0.6, 1.0)}):
+    for planned in run.plan_runs(
+        ["v2", "step_decay", "aug_none"],
+        [1],
+        scale="fashion",
+        root=REPO / "unused",
+        teacher=None,
+        extra={"data.crop_scale": (0.6, 1.0)},
+    ):
         argv = shlex.split(planned.command())[2:]  # drop 'python -m': the module is argv[0]
         flag_values = flags.FlagValues()
         config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, sys_argv=argv)
@@ -168,22 +183,38 @@ def synthetic_arm(name, ema_top1, top1=None, started=None, killed_attempt=False)
     overrides = planned.overrides  # what the driver records: derived values resolved
     attempts = [{"commit": "0123456789abcdef", "dirty": False, "wall_seconds": 90.0}]
     attempts += [{"commit": "0123456789abcdef", "dirty": False, "completed": False}] if killed_attempt else []
-    info = {"scale": "fashion", "overrides": overrides, "command": "python -m ghostnet_jax.main ...",
-            "attempts": attempts}
-    runs = [report.RunResult(seed, {"step": 100, "ema_top1": e, "top1": t}, [(50, e / 2), (100, e)], info,
-                             {"data": {"image_size": 40}}) for seed, (e, t) in enumerate(zip(ema_top1, top1))]
-    costs = {"model": ARMS[name].overrides["model.name"], "overrides": {}, "image_size": 40, "params": 1000,
-             "macs": 2_000_000}
+    info = {
+        "scale": "fashion",
+        "overrides": overrides,
+        "command": "python -m ghostnet_jax.main ...",
+        "attempts": attempts,
+    }
+    runs = [
+        report.RunResult(
+            seed, {"step": 100, "ema_top1": e, "top1": t}, [(50, e / 2), (100, e)], info, {"data": {"image_size": 40}}
+        )
+        for seed, (e, t) in enumerate(zip(ema_top1, top1))
+    ]
+    costs = {
+        "model": ARMS[name].overrides["model.name"],
+        "overrides": {},
+        "image_size": 40,
+        "params": 1000,
+        "macs": 2_000_000,
+    }
     return report.ArmResult(name, started or len(runs), overrides, runs, costs)
 
 
 def test_report_states_each_verdict_with_its_numbers(tmp_path):
-    arms = {arm.name: arm for arm in [
-        synthetic_arm("baseline", [0.80, 0.81, 0.82], top1=[0.78, 0.79, 0.80]),
-        synthetic_arm("kd_off", [0.70, 0.71, 0.72]),
-        synthetic_arm("step_decay", [0.90, 0.91, 0.92]),
-        synthetic_arm("v3_n1", [0.805, 0.815], started=3, killed_attempt=True),
-    ]}
+    arms = {
+        arm.name: arm
+        for arm in [
+            synthetic_arm("baseline", [0.80, 0.81, 0.82], top1=[0.78, 0.79, 0.80]),
+            synthetic_arm("kd_off", [0.70, 0.71, 0.72]),
+            synthetic_arm("step_decay", [0.90, 0.91, 0.92]),
+            synthetic_arm("v3_n1", [0.805, 0.815], started=3, killed_attempt=True),
+        ]
+    }
     text = report.markdown(tmp_path, tmp_path, arms, report.judge_claims(arms), teacher=None)
     assert "| baseline | baseline | " in text and "| 3 | 81.00 ± 1.00 | 79.00 ± 1.00 | 1.5 | 0123456789 |" in text
     assert "| 2 of 3 | 81.00 ± 0.71 | 81.00 ± 0.71 | ≥1.5 |" in text  # a killed attempt's time is unknown
@@ -201,23 +232,41 @@ def test_report_states_each_verdict_with_its_numbers(tmp_path):
 
 
 def test_report_states_the_teachers_accuracy_and_whether_it_beats_every_student_run(tmp_path):
-    arms = {arm.name: arm for arm in [
-        synthetic_arm("baseline", [0.80, 0.81, 0.82], top1=[0.78, 0.79, 0.83]),
-        synthetic_arm("kd_off", [0.70, 0.71, 0.72]),
-    ]}
-    given = {"checkpoint": "/ckpt/resnet18", "model": "resnet18", "top1": 0.9, "examples": 10000,
-             "commit": "abcdef0123456789", "data": {"name": "fashion_mnist_debian", "eval_split": "test", "image_size": 40}}
-    trained = {"command": "python -m ghostnet_jax.main --config configs/v1.py", "final": {"ema_top1": 0.95, "top1": 0.5}}
+    arms = {
+        arm.name: arm
+        for arm in [
+            synthetic_arm("baseline", [0.80, 0.81, 0.82], top1=[0.78, 0.79, 0.83]),
+            synthetic_arm("kd_off", [0.70, 0.71, 0.72]),
+        ]
+    }
+    given = {
+        "checkpoint": "/ckpt/resnet18",
+        "model": "resnet18",
+        "top1": 0.9,
+        "examples": 10000,
+        "commit": "abcdef0123456789",
+        "data": {"name": "fashion_mnist_debian", "eval_split": "test", "image_size": 40},
+    }
+    trained = {
+        "command": "python -m ghostnet_jax.main --config configs/v1.py",
+        "final": {"ema_top1": 0.95, "top1": 0.5},
+    }
     assert report.describe_teacher(trained, None) == (
-        "Distillation teacher: `python -m ghostnet_jax.main --config configs/v1.py`, EMA top-1 95.00.", 0.95)
+        "Distillation teacher: `python -m ghostnet_jax.main --config configs/v1.py`, EMA top-1 95.00.",
+        0.95,
+    )
     assert report.describe_teacher(trained, given)[1] == 0.9 and report.describe_teacher(None, None) is None
     strong = report.markdown(tmp_path, tmp_path, arms, report.judge_claims(arms), report.describe_teacher(None, given))
-    assert ("Distillation teacher: `/ckpt/resnet18` (resnet18), top-1 90.00 on the 10,000 images of fashion_mnist_debian "
-            "`test` at 40 px (evaluated by the driver at commit abcdef0123). It beats every student run; the best, "
-            "baseline seed 2, reached raw top-1 83.00.") in strong
+    assert (
+        "Distillation teacher: `/ckpt/resnet18` (resnet18), top-1 90.00 on the 10,000 images of fashion_mnist_debian "
+        "`test` at 40 px (evaluated by the driver at commit abcdef0123). It beats every student run; the best, "
+        "baseline seed 2, reached raw top-1 83.00."
+    ) in strong
     weak = report.describe_teacher(None, given | {"top1": 0.825})
-    assert ("It does **not** beat every student run: baseline seed 2 reached raw top-1 83.00, so the distillation arms "
-            "do not learn from a stronger teacher.") in report.markdown(tmp_path, tmp_path, arms, [], weak)
+    assert (
+        "It does **not** beat every student run: baseline seed 2 reached raw top-1 83.00, so the distillation arms "
+        "do not learn from a stronger teacher."
+    ) in report.markdown(tmp_path, tmp_path, arms, [], weak)
     assert report.teacher_strength(0.83, report.arm_metrics(arms))[0] is False  # a tie is not stronger
     assert report.teacher_strength(0.9, {}) == (None, "No student run has finished to compare it with.")
 
@@ -243,9 +292,17 @@ def test_committed_long_budget_has_every_arm_at_3_seeds_from_recorded_runs_and_a
     results = json.loads((REPO / SCALES["fashion_long"].results / "results.json").read_text())
     assert sorted(results["arms"]) == sorted(LONG_ARMS)
     teacher = results["teacher_eval"]["checkpoint"]
-    planned = {(r.arm, r.seed): r.config() for r in run.plan_runs(
-        list(LONG_ARMS), SEEDS, scale="fashion_long", root=REPO / SCALES["fashion_long"].root, teacher=teacher,
-        extra={})}
+    planned = {
+        (r.arm, r.seed): r.config()
+        for r in run.plan_runs(
+            list(LONG_ARMS),
+            SEEDS,
+            scale="fashion_long",
+            root=REPO / SCALES["fashion_long"].root,
+            teacher=teacher,
+            extra={},
+        )
+    }
     recorded = {(arm, r["seed"]): r for arm, record in results["arms"].items() for r in record["runs"]}
     assert recorded.keys() == planned.keys()  # 3 seeds of every arm, nothing else
     for key, record in recorded.items():
@@ -269,9 +326,24 @@ def suite(tmp_path_factory):
     teacher = tmp_path_factory.mktemp("teacher") / "checkpoints"
     model = create_model("resnet18", num_classes=10, in_chans=1)
     save_model(teacher, model, model_spec("resnet18", num_classes=10, overrides={"in_chans": 1}, fused=False))
-    args = ["--scale", "fashion_long", "--arms", ",".join(ARMS_UNDER_TEST), "--seeds", "0", "--root", str(root),
-            "--teacher", str(teacher), f"data.data_dir={tmp_path_factory.mktemp('tfds')}", "data.num_train=8",
-            "data.num_eval=16", "data.image_size=36", "batch_size=8", "log_every_steps=1"]
+    args = [
+        "--scale",
+        "fashion_long",
+        "--arms",
+        ",".join(ARMS_UNDER_TEST),
+        "--seeds",
+        "0",
+        "--root",
+        str(root),
+        "--teacher",
+        str(teacher),
+        f"data.data_dir={tmp_path_factory.mktemp('tfds')}",
+        "data.num_train=8",
+        "data.num_eval=16",
+        "data.image_size=36",
+        "batch_size=8",
+        "log_every_steps=1",
+    ]
     records = (METRICS, RUN_INFO, TEACHER_EVAL)
     with tfds.testing.mock_data(num_examples=16):
         run.main(args)
@@ -292,7 +364,8 @@ def test_rerunning_the_driver_skips_finished_runs(suite):
 
 
 def test_a_run_directory_of_another_config_is_refused_naming_the_field_but_another_cache_directory_is_not(
-        suite, tmp_path):
+    suite, tmp_path
+):
     # A finished run, copied: the same config is skipped whatever this machine's compilation cache directory
     # (not what the run computes), and a changed training field is refused, by name, before anything trains.
     root = suite[0]
@@ -317,7 +390,11 @@ def test_runs_record_their_commit_command_and_teacher(suite):
         (attempt,) = info["attempts"]
         assert attempt["commit"] == head and attempt["completed"] and attempt["wall_seconds"] > 0
         assert info["final_step"] == 3 and info["overrides"]["model.name"] == ARMS[name].overrides["model.name"]
-        assert info["scale"] == "fashion_long" and [r["step"] for r in eval_records(run_dir(root, name, 0))] == [1, 2, 3]
+        assert info["scale"] == "fashion_long" and [r["step"] for r in eval_records(run_dir(root, name, 0))] == [
+            1,
+            2,
+            3,
+        ]
         config = json.loads((run_dir(root, name, 0) / "config.json").read_text())
         assert config["distill"]["teacher"] == str(teacher) and config["data"]["randaugment"] == ""  # the scale's
         assert config["num_epochs"] == SCALES["fashion_long"].shared["num_epochs"]
@@ -370,7 +447,9 @@ def test_side_by_side_reads_the_long_budgets_runs_next_to_the_committed_half_epo
     text = (side / "results.md").read_text()
     committed = (REPO / budgets.OUT / "results.md").read_text().splitlines()
     (half_epoch,) = [line.split(" | ")[1] for line in committed if line.startswith("| `v2 − v1` |")]
-    assert f"| `v2 − v1` | {half_epoch} | {100 * v2_v1['diff']:+.2f} pp (no spread; n = 1 vs 1) → inconclusive |" in text
+    assert (
+        f"| `v2 − v1` | {half_epoch} | {100 * v2_v1['diff']:+.2f} pp (no spread; n = 1 vs 1) → inconclusive |" in text
+    )
     assert "## `fashion_long`: 3 epochs at 36 px" in text and "2 finished runs of 2 arms (seeds per arm: 1)" in text
     assert (side / "differences.png").stat().st_size > 5000
 

@@ -46,8 +46,19 @@ def assert_close_to_timm(actual, expected):
 
 
 def export(directory, fmt, *extra, size=SIZE):
-    return export_main(["--checkpoint", str(directory / "checkpoint"), "--format", fmt,
-                        "--output", str(directory / f"model.{fmt}"), "--image-size", str(size), *extra])
+    return export_main(
+        [
+            "--checkpoint",
+            str(directory / "checkpoint"),
+            "--format",
+            fmt,
+            "--output",
+            str(directory / f"model.{fmt}"),
+            "--image-size",
+            str(size),
+            *extra,
+        ]
+    )
 
 
 def test_onnx_matches_timm_at_batch_1_and_3(converted):
@@ -64,7 +75,10 @@ def test_litert_matches_timm_with_builtin_float32_ops(converted):
     interpreter.allocate_tensors()
     (given,), (result,) = interpreter.get_input_details(), interpreter.get_output_details()
     assert list(given["shape"]) == [1, SIZE, SIZE, 3]
-    assert {np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()} <= {np.dtype(np.float32), np.dtype(np.int32)}
+    assert {np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()} <= {
+        np.dtype(np.float32),
+        np.dtype(np.int32),
+    }
     ops = {op["op_name"] for op in interpreter._get_ops_details()}
     assert "CONV_2D" in ops and not any(name.startswith("Flex") or name == "CUSTOM" for name in ops), ops
     for image, logits in zip(images, expected):
@@ -97,8 +111,9 @@ def probe(data_dir, tmp_path_factory):
     features_of.classifier = None
 
     def features(images):  # in batches of 64: one compiled program
-        return np.concatenate([np.asarray(jit_forward(features_of, images[i : i + 64]), np.float64)
-                               for i in range(0, len(images), 64)])
+        return np.concatenate(
+            [np.asarray(jit_forward(features_of, images[i : i + 64]), np.float64) for i in range(0, len(images), 64)]
+        )
 
     train_images, train_labels = fashion_mnist(data_dir, "train[:1024]")
     train = features(train_images)
@@ -107,10 +122,16 @@ def probe(data_dir, tmp_path_factory):
     ridge = 1e-2 * np.trace(design.T @ design) / design.shape[1]
     weights = np.linalg.solve(design.T @ design + ridge * np.eye(design.shape[1]), design.T @ targets)
     kernel, bias = weights[:-1], weights[-1]
-    model.classifier.kernel.value, model.classifier.bias.value = jnp.asarray(kernel, jnp.float32), jnp.asarray(bias, jnp.float32)
+    model.classifier.kernel.value, model.classifier.bias.value = (
+        jnp.asarray(kernel, jnp.float32),
+        jnp.asarray(bias, jnp.float32),
+    )
     directory = tmp_path_factory.mktemp("probe")
-    save_model(directory / "checkpoint", model, model_spec(PROBE["name"], num_classes=10,
-                                                           overrides=PROBE["overrides"], fused=True))
+    save_model(
+        directory / "checkpoint",
+        model,
+        model_spec(PROBE["name"], num_classes=10, overrides=PROBE["overrides"], fused=True),
+    )
     test_images, test_labels = fashion_mnist(data_dir, "test[:64]")
     return directory, test_images, test_labels, (features(test_images) @ kernel + bias).astype(np.float32)
 
@@ -121,14 +142,30 @@ def test_stablehlo_round_trips_with_a_symbolic_batch(probe):
         exported = jax.export.deserialize(bytearray(file.read()))
     assert str(exported.in_avals[0].shape[0]) == "b"
     for batch in (1, 3):
-        np.testing.assert_allclose(np.asarray(exported.call(images[:batch])), logits[:batch], rtol=0,
-                                   atol=1e-4 * max(1.0, np.abs(logits).max()))
+        np.testing.assert_allclose(
+            np.asarray(exported.call(images[:batch])),
+            logits[:batch],
+            rtol=0,
+            atol=1e-4 * max(1.0, np.abs(logits).max()),
+        )
 
 
 def export_int8(probe, data_dir, fmt):
     steps, batch = PROBE["calibration"]
-    return export(probe[0], fmt, "--int8", "--calibration-data", "fashion_mnist_debian", "--data-dir", data_dir,
-                  "--calibration-steps", steps, "--calibration-batch-size", batch, size=PROBE["size"])
+    return export(
+        probe[0],
+        fmt,
+        "--int8",
+        "--calibration-data",
+        "fashion_mnist_debian",
+        "--data-dir",
+        data_dir,
+        "--calibration-steps",
+        steps,
+        "--calibration-batch-size",
+        batch,
+        size=PROBE["size"],
+    )
 
 
 def assert_int8_keeps_float_top1(int8_logits, probe):
@@ -161,12 +198,15 @@ def test_int8_litert_keeps_float_top1(probe, data_dir):
     assert_int8_keeps_float_top1(np.stack(logits), probe)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--format", "keras"], "invalid choice: 'keras'"),
-    (["--format", "stablehlo", "--int8", "--calibration-data", "fashion_mnist_debian"], "--int8 is for"),
-    (["--format", "onnx", "--int8"], "go together"),
-    (["--format", "onnx", "--calibration-data", "fashion_mnist_debian"], "go together"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--format", "keras"], "invalid choice: 'keras'"),
+        (["--format", "stablehlo", "--int8", "--calibration-data", "fashion_mnist_debian"], "--int8 is for"),
+        (["--format", "onnx", "--int8"], "go together"),
+        (["--format", "onnx", "--calibration-data", "fashion_mnist_debian"], "go together"),
+    ],
+)
 def test_bad_command_lines_fail_before_writing(probe, extra, message, capsys):
     output = probe[0] / "bad.onnx"
     with pytest.raises(SystemExit):
@@ -203,16 +243,38 @@ def test_existing_output_is_kept_unless_forced_and_failures_leave_nothing(probe,
 
 def test_deploy_accuracy_counts_top1_of_each_export_against_the_float_model(probe, data_dir, tmp_path):
     directory, _, labels, logits = probe
-    rows = deploy_accuracy.main([
-        "--checkpoint", str(directory / "checkpoint"), "--data", "fashion_mnist_debian", "--data-dir", data_dir,
-        "--split", "test[:64]", "--image-size", str(PROBE["size"]), "--formats", "onnx", "--batch-size", "64",
-        "--calibration-steps", "1", "--calibration-batch-size", "8", "--out", str(tmp_path / "accuracy")])
+    rows = deploy_accuracy.main(
+        [
+            "--checkpoint",
+            str(directory / "checkpoint"),
+            "--data",
+            "fashion_mnist_debian",
+            "--data-dir",
+            data_dir,
+            "--split",
+            "test[:64]",
+            "--image-size",
+            str(PROBE["size"]),
+            "--formats",
+            "onnx",
+            "--batch-size",
+            "64",
+            "--calibration-steps",
+            "1",
+            "--calibration-batch-size",
+            "8",
+            "--out",
+            str(tmp_path / "accuracy"),
+        ]
+    )
     jax_row, onnx_row = rows
     assert jax_row["examples"] == onnx_row["examples"] == len(labels) == 64
     assert abs(jax_row["top1"] - np.mean(logits.argmax(1) == labels)) <= 1 / 64  # a near-tie may flip one image
     assert onnx_row["agreement"] >= 63 / 64 and abs(onnx_row["top1"] - jax_row["top1"]) <= 1 / 64
-    assert onnx_row["bytes"] > 0 and f"| onnx | float32 | {onnx_row['bytes'] / 1024:.0f} KiB |" in (
-        tmp_path / "accuracy.md").read_text()
+    assert (
+        onnx_row["bytes"] > 0
+        and f"| onnx | float32 | {onnx_row['bytes'] / 1024:.0f} KiB |" in (tmp_path / "accuracy.md").read_text()
+    )
 
 
 def test_the_file_has_no_name_until_it_is_complete(tmp_path, monkeypatch):

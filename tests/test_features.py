@@ -14,8 +14,13 @@ from ghostnet_jax.convert import from_torch
 from ghostnet_jax.models import create_model, fold_batchnorm
 
 # V1, V2, V3 (the last also in deploy form), all maps or a subset; 97x75 px gives odd maps at every stride.
-CASES = [("ghostnet_050", None, False), ("ghostnetv2_100", None, False), ("ghostnetv3_050", None, False),
-         ("ghostnetv3_100", (1, 3), False), ("ghostnetv3_050", (0, 2, 4), True)]
+CASES = [
+    ("ghostnet_050", None, False),
+    ("ghostnetv2_100", None, False),
+    ("ghostnetv3_050", None, False),
+    ("ghostnetv3_100", (1, 3), False),
+    ("ghostnetv3_050", (0, 2, 4), True),
+]
 
 
 def reference(timm, name, out_indices, seed=0):
@@ -32,8 +37,12 @@ def test_features_equal_timms_at_an_odd_size(timm, name, out_indices, deployed):
         torch_model = timm.utils.reparameterize_model(torch_model)
     model = from_torch(name, torch_model.state_dict(), features_only=True, out_indices=out_indices)
     assert [(info.num_chs, info.reduction, info.module) for info in model.feature_info] == list(
-        zip(torch_model.feature_info.channels(), torch_model.feature_info.reduction(),
-            torch_model.feature_info.module_name()))
+        zip(
+            torch_model.feature_info.channels(),
+            torch_model.feature_info.reduction(),
+            torch_model.feature_info.module_name(),
+        )
+    )
     x = np.random.default_rng(0).normal(size=(2, 3, 97, 75)).astype(np.float32)
     with torch.no_grad():
         expected = [m.numpy().transpose(0, 2, 3, 1) for m in torch_model(torch.from_numpy(x))]
@@ -95,10 +104,12 @@ def test_remat_gives_the_same_maps_and_gradients_and_bfloat16_stays_close():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"features_only": True, "out_indices": (5,)}, r"out_indices \(5,\) must be indices into the 5 feature maps"),
-     ({"features_only": True, "out_indices": ()}, r"out_indices \(\) must be indices"),
-     ({"out_indices": (1,)}, "out_indices selects feature maps: it needs features_only=True"),
-     ({"features_only": True, "dropout": 0.1}, "features_only=True builds no head")],
+    [
+        ({"features_only": True, "out_indices": (5,)}, r"out_indices \(5,\) must be indices into the 5 feature maps"),
+        ({"features_only": True, "out_indices": ()}, r"out_indices \(\) must be indices"),
+        ({"out_indices": (1,)}, "out_indices selects feature maps: it needs features_only=True"),
+        ({"features_only": True, "dropout": 0.1}, "features_only=True builds no head"),
+    ],
 )
 def test_bad_feature_requests_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -111,5 +122,11 @@ def test_teachers_have_no_features_only_and_the_folded_stem_tap_is_refused():
     folded = fold_batchnorm(create_model("ghostnet_050", features_only=True))
     with pytest.raises(ValueError, match="before its BatchNorm, which fold_batchnorm folded"):
         folded(jnp.zeros((1, 32, 32, 3)))
-    assert len(fold_batchnorm(create_model("ghostnet_050", features_only=True, out_indices=(1, 2)))(
-        jnp.zeros((1, 32, 32, 3)))) == 2
+    assert (
+        len(
+            fold_batchnorm(create_model("ghostnet_050", features_only=True, out_indices=(1, 2)))(
+                jnp.zeros((1, 32, 32, 3))
+            )
+        )
+        == 2
+    )

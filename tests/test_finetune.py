@@ -35,8 +35,9 @@ def saved(directory, name, num_classes, in_chans, seed=7, fused=False):
     model = create_model(name, num_classes=num_classes, in_chans=in_chans, rngs=nnx.Rngs(seed))
     randomise_jax_batchnorm(model, seed)
     model = fuse(model) if fused else model
-    save_model(directory, model, model_spec(name, num_classes=num_classes, overrides={"in_chans": in_chans},
-                                            fused=fused))
+    save_model(
+        directory, model, model_spec(name, num_classes=num_classes, overrides={"in_chans": in_chans}, fused=fused)
+    )
     return flat(nnx.state(model, (nnx.Param, nnx.BatchStat)))
 
 
@@ -44,12 +45,15 @@ def flat(state) -> dict:
     """{('blocks', '0', '0', ...): array} for a model's state and a restored train state alike (whose leaves are
     the variables' `value`s)."""
     tree = jax.device_get(state.to_pure_dict() if hasattr(state, "to_pure_dict") else state)
-    return {tuple(str(part) for part in path if part != "value"): leaf
-            for path, leaf in traverse_util.flatten_dict(tree).items()}
+    return {
+        tuple(str(part) for part in path if part != "value"): leaf
+        for path, leaf in traverse_util.flatten_dict(tree).items()
+    }
 
 
-def test_a_frozen_backbone_stays_bit_for_bit_and_a_resumed_fine_tuning_is_the_uninterrupted_one(data_dir, tmp_path,
-                                                                                                 caplog):
+def test_a_frozen_backbone_stays_bit_for_bit_and_a_resumed_fine_tuning_is_the_uninterrupted_one(
+    data_dir, tmp_path, caplog
+):
     pretrained = saved(tmp_path / "pretrained", "ghostnet_050", 1000, 1)
 
     def config(max_steps):
@@ -73,16 +77,22 @@ def test_a_frozen_backbone_stays_bit_for_bit_and_a_resumed_fine_tuning_is_the_un
     train_and_evaluate(config(8), tmp_path / "straight")
     resumed, straight = final_train_state(tmp_path / "resumed")[1], final_train_state(tmp_path / "straight")[1]
     assert_trees_equal(resumed, straight)
-    moved = [path for path, value in flat(straight["params"]).items()
-             if path[0] != "classifier" and not np.array_equal(value, pretrained[path])]
+    moved = [
+        path
+        for path, value in flat(straight["params"]).items()
+        if path[0] != "classifier" and not np.array_equal(value, pretrained[path])
+    ]
     assert len(moved) > 0.9 * sum(path[0] != "classifier" for path in flat(straight["params"]))
 
 
 def test_the_backbone_optimizer_is_frozen_then_scaled_and_follows_the_runs_step():
     """Closed form: plain SGD, gradient 1 everywhere, lr(step) = 0.1 (step + 1), frozen for 2 steps, scale 0.5."""
-    config = ml_collections.ConfigDict(dict(
-        optim=dict(name="sgd", momentum=0.0, nesterov=False, weight_decay=0.0),
-        finetune=dict(freeze_steps=2, backbone_lr_scale=0.5)))
+    config = ml_collections.ConfigDict(
+        dict(
+            optim=dict(name="sgd", momentum=0.0, nesterov=False, weight_decay=0.0),
+            finetune=dict(freeze_steps=2, backbone_lr_scale=0.5),
+        )
+    )
     tx = training_optimizer(config, lambda step: 0.1 * (step + 1))
     params = {"classifier": {"kernel": jnp.zeros((2, 2))}, "stem": {"kernel": jnp.zeros((2, 2))}}
     opt_state = tx.init(params)
@@ -103,19 +113,23 @@ def test_rgb_weights_start_a_greyscale_network_with_the_stem_summed_over_its_cha
         init_from(model, str(tmp_path / "rgb"), "ghostnet_050")
     assert "the stem's kernel is summed over its input channels" in caplog.text
     ours = flat(nnx.state(model, (nnx.Param, nnx.BatchStat)))
-    np.testing.assert_allclose(ours[("stem", "conv", "kernel")],
-                               pretrained[("stem", "conv", "kernel")].sum(axis=2, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(
+        ours[("stem", "conv", "kernel")], pretrained[("stem", "conv", "kernel")].sum(axis=2, keepdims=True), rtol=1e-6
+    )
     for path in ours.keys() - {("stem", "conv", "kernel")}:
         np.testing.assert_array_equal(ours[path], pretrained[path], err_msg=str(path))
 
 
 @pytest.mark.parametrize(
     "name, fused, message",
-    [("ghostnet_100", False, r"primary_conv\.conv\.kernel \(1, 1, 16, 8\) \(expected \(1, 1, 8, 4\)\)"),
-     ("ghostnetv3_050", True, "in V3's deploy form .* cannot be trained")],
+    [
+        ("ghostnet_100", False, r"primary_conv\.conv\.kernel \(1, 1, 16, 8\) \(expected \(1, 1, 8, 4\)\)"),
+        ("ghostnetv3_050", True, "in V3's deploy form .* cannot be trained"),
+    ],
 )
-def test_a_network_that_does_not_fit_is_an_error_naming_it_and_nothing_is_written(data_dir, tmp_path, name, fused,
-                                                                                   message):
+def test_a_network_that_does_not_fit_is_an_error_naming_it_and_nothing_is_written(
+    data_dir, tmp_path, name, fused, message
+):
     saved(tmp_path / "other", name, 10, 1, fused=fused)
     with pytest.raises(ValueError, match=message):
         train_and_evaluate(tiny_config(data_dir, init_from=str(tmp_path / "other")), tmp_path / "run")
@@ -143,30 +157,71 @@ def test_converted_weights_fine_tuned_on_an_image_folder_learn_it_and_the_tools_
     colour_folder(tmp_path / "photos", {"train": 24, "test": 8})
     torch.manual_seed(0)
     torch.save(timm.create_model("ghostnet_050").state_dict(), tmp_path / "ghostnet_050.pth")
-    convert_main(["--model", "ghostnet_050", "--torch-checkpoint", str(tmp_path / "ghostnet_050.pth"),
-                  "--output", str(tmp_path / "converted")])
+    convert_main(
+        [
+            "--model",
+            "ghostnet_050",
+            "--torch-checkpoint",
+            str(tmp_path / "ghostnet_050.pth"),
+            "--output",
+            str(tmp_path / "converted"),
+        ]
+    )
     run = subprocess.run(
-        [sys.executable, "-m", "ghostnet_jax.main", "--config", "configs/v1.py:finetune", "--workdir",
-         str(tmp_path / "run"), "--config.model.name=ghostnet_050", f"--config.init_from={tmp_path / 'converted'}",
-         f"--config.data.folder={tmp_path / 'photos'}", "--config.data.image_size=40", "--config.batch_size=24",
-         # 60 steps: the converted weights are random (no download here), and the BatchNorm running statistics
-         # the evaluation uses need that long to catch up with train mode's (measured: 0.75 EMA top-1 at 48
-         # steps with EMA decay 0.998, 1.0 at 60 with 0.9)
-         "--config.num_epochs=20", "--config.optim.lr=0.02", "--config.ema.decay=0.9",
-         "--config.eval_every_epochs=5", "--config.finetune.freeze_steps=3"],
-        capture_output=True, text=True, cwd=ROOT, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "ghostnet_jax.main",
+            "--config",
+            "configs/v1.py:finetune",
+            "--workdir",
+            str(tmp_path / "run"),
+            "--config.model.name=ghostnet_050",
+            f"--config.init_from={tmp_path / 'converted'}",
+            f"--config.data.folder={tmp_path / 'photos'}",
+            "--config.data.image_size=40",
+            "--config.batch_size=24",
+            # 60 steps: the converted weights are random (no download here), and the BatchNorm running statistics
+            # the evaluation uses need that long to catch up with train mode's (measured: 0.75 EMA top-1 at 48
+            # steps with EMA decay 0.998, 1.0 at 60 with 0.9)
+            "--config.num_epochs=20",
+            "--config.optim.lr=0.02",
+            "--config.ema.decay=0.9",
+            "--config.eval_every_epochs=5",
+            "--config.finetune.freeze_steps=3",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "the classifier layer is re-initialised (1000 classes there, 3 here)" in run.stderr
-    evaluated = subprocess.run([sys.executable, "-m", "ghostnet_jax.evaluate", "--checkpoint",
-                                str(tmp_path / "run" / "checkpoints")], capture_output=True, text=True, cwd=ROOT)
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "ghostnet_jax.evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoints")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     result = json.loads(evaluated.stdout.splitlines()[-1])
     assert (result["data"], result["split"], result["examples"]) == (str(tmp_path / "photos"), "test", 24)
     assert result["top1"] >= 0.9, result
     predicted = subprocess.run(
-        [sys.executable, "-m", "ghostnet_jax.predict", "--checkpoint", str(tmp_path / "run" / "checkpoints"),
-         "--csv", str(tmp_path / "predictions.csv"), str(tmp_path / "photos" / "test")],
-        capture_output=True, text=True, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "ghostnet_jax.predict",
+            "--checkpoint",
+            str(tmp_path / "run" / "checkpoints"),
+            "--csv",
+            str(tmp_path / "predictions.csv"),
+            str(tmp_path / "photos" / "test"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     with open(tmp_path / "predictions.csv") as file:
         rows = list(csv.DictReader(file))

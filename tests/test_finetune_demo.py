@@ -20,13 +20,18 @@ def write_idx(path, array: np.ndarray) -> None:
 
 def test_finetune_demo_writes_two_folders_of_disjoint_classes_and_tabulates_the_seeds(tmp_path):
     rng = np.random.default_rng(0)
-    for split, (images_file, labels_file) in FASHION_FILES.items():
+    for images_file, labels_file in FASHION_FILES.values():
         write_idx(tmp_path / images_file, rng.integers(0, 256, (30, 28, 28)))
         write_idx(tmp_path / labels_file, np.arange(30) % 10)
     source = finetune_demo.write_folder(tmp_path / "source", finetune_demo.SOURCE_CLASSES, str(tmp_path))
     target = finetune_demo.write_folder(tmp_path / "target", finetune_demo.TARGET_CLASSES, str(tmp_path))
-    assert sorted(p.name for p in (source / "train").iterdir()) == ["Coat", "Dress", "Pullover", "T-shirt-top",
-                                                                  "Trouser"]
+    assert sorted(p.name for p in (source / "train").iterdir()) == [
+        "Coat",
+        "Dress",
+        "Pullover",
+        "T-shirt-top",
+        "Trouser",
+    ]
     assert sorted(p.name for p in (target / "test").iterdir()) == ["Ankle boot", "Bag", "Sandal", "Shirt", "Sneaker"]
     assert sum(1 for _ in target.rglob("*.png")) == 30  # 3 of each class per split
     image = tf.io.decode_png((source / "train" / "Coat" / "4.png").read_bytes()).numpy()

@@ -43,8 +43,13 @@ def test_a_folder_is_a_dataset_with_sorted_class_names_rgb_images_and_its_eval_s
 
 @pytest.mark.parametrize(
     "changes, message",
-    [({"train_split": "training"}, r"has no 'training' split \(config.data.train_split\); it has \['train', 'val'\]"),
-     ({"eval_split": "holdout"}, None)],
+    [
+        (
+            {"train_split": "training"},
+            r"has no 'training' split \(config.data.train_split\); it has \['train', 'val'\]",
+        ),
+        ({"eval_split": "holdout"}, None),
+    ],
 )
 def test_missing_splits_are_errors_listing_the_folders_splits(photos, tmp_path, changes, message):
     if message is None:  # an absent eval split falls back to the first of test, val, validation

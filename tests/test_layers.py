@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -101,9 +100,19 @@ def test_batchnorm_training_gradients_match_torch_on_one_and_two_devices():
 
 @pytest.mark.parametrize(
     "kernel, stride, groups, channels, size",
-    [(1, 1, 1, 6, (11, 8)), (3, 1, 6, 6, (11, 8)), (3, 2, 6, 6, (11, 8)), (5, 2, 6, 6, (11, 8)),
-     ((1, 5), 1, 6, 6, (11, 8)), ((5, 1), 1, 6, 6, (11, 8)), (1, 2, 6, 6, (11, 8)),
-     (3, 1, 1, 6, (2, 3)), (3, 2, 1, 6, (3, 4)), (7, 2, 1, 6, (5, 4)), ((1, 5), 1, 1, 6, (3, 3))],
+    [
+        (1, 1, 1, 6, (11, 8)),
+        (3, 1, 6, 6, (11, 8)),
+        (3, 2, 6, 6, (11, 8)),
+        (5, 2, 6, 6, (11, 8)),
+        ((1, 5), 1, 6, 6, (11, 8)),
+        ((5, 1), 1, 6, 6, (11, 8)),
+        (1, 2, 6, 6, (11, 8)),
+        (3, 1, 1, 6, (2, 3)),
+        (3, 2, 1, 6, (3, 4)),
+        (7, 2, 1, 6, (5, 4)),
+        ((1, 5), 1, 1, 6, (3, 3)),
+    ],
 )
 def test_fast_conv_paths_equal_xla_convolution_forward_and_backward(kernel, stride, groups, channels, size):
     """impl='auto' computes 1x1 convs as matmuls, depthwise convs as shifted multiply-adds and dense convs with
@@ -116,7 +125,7 @@ def test_fast_conv_paths_equal_xla_convolution_forward_and_backward(kernel, stri
     for impl in ("auto", "xla"):
         conv.impl = impl
         graphdef, state = nnx.split(conv)
-        out, vjp = jax.vjp(lambda x, state: nnx.merge(graphdef, state, copy=True)(x), x, state)
+        out, vjp = jax.vjp(lambda x, state, graphdef=graphdef: nnx.merge(graphdef, state, copy=True)(x), x, state)
         results[impl] = jax.tree.leaves((out, vjp(cotangent)))
     for fast, reference in zip(results["auto"], results["xla"]):
         np.testing.assert_allclose(np.asarray(fast), np.asarray(reference), rtol=1e-5, atol=1e-5)

@@ -48,6 +48,7 @@ def test_registry_lists_the_timm_names():
 @pytest.mark.parametrize("name", list(SPEC_COUNTS))
 def test_param_and_mac_counts_equal_the_reference(name):
     params, macs, deploy_params, deploy_macs = SPEC_COUNTS[name]
+
     # Counting needs shapes only: abstract models (nnx.eval_shape) skip initialising millions of weights, and one
     # abstract build serves both forms (fuse copies its input).
     def build():
@@ -179,7 +180,6 @@ def test_wrong_input_layout_is_named():
     model = create_model("ghostnet_050")
     with pytest.raises(ValueError, match="expected 3 input channels"):
         model(images((1, 3, 64, 64)))
-
 
 
 def test_fast_conv_paths_give_the_same_network_in_eval_mode():

@@ -52,18 +52,26 @@ class Processes:
         flags = ["--config", "configs/v1.py:fashion_mnist", "--workdir", str(workdir), *cli_flags(config)]
         devices = devices or 2 // count  # per process
         session_flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
-        env = os.environ | {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {session_flags}",
-                            "JAX_PLATFORMS": "cpu"}
+        env = os.environ | {
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {session_flags}",
+            "JAX_PLATFORMS": "cpu",
+        }
         if count > 1:
             port = free_port()
-            flags += ["--config.multihost=True", f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                      f"--config.distributed.num_processes={count}"]
+            flags += [
+                "--config.multihost=True",
+                f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                f"--config.distributed.num_processes={count}",
+            ]
         self.logs = [workdir.parent / f"{workdir.name}.{k}.log" for k in range(count)]
         self.procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "ghostnet_jax.main", *flags]
                 + ([f"--config.distributed.process_id={k}"] if count > 1 else []),
-                cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=env,
+                stdout=log.open("w"),
+                stderr=subprocess.STDOUT,
             )
             for k, log in enumerate(self.logs)
         ]
@@ -160,8 +168,9 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_after_resuming_a
     assert_trees_equal(final_train_state(workdir), final_train_state(reference))
 
 
-def test_a_resume_on_another_number_of_devices_is_the_same_run_statistically_not_bitwise(reference, data_dir,
-                                                                                          tmp_path, processes):
+def test_a_resume_on_another_number_of_devices_is_the_same_run_statistically_not_bitwise(
+    reference, data_dir, tmp_path, processes
+):
     """Two devices to step 8, one device from there: the cross-device sums and per-device random keys differ, so the
     end state is not the reference's bit for bit, but the run learns the same (README, "Resume")."""
     workdir = state_at(reference, 8, tmp_path / "one_device")
@@ -170,8 +179,9 @@ def test_a_resume_on_another_number_of_devices_is_the_same_run_statistically_not
     step, state = final_train_state(workdir)
     reference_step, reference_state = final_train_state(reference)
     assert step == reference_step == STEPS
-    differing = [a.shape for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(reference_state))
-                 if not np.array_equal(a, b)]
+    differing = [
+        a.shape for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(reference_state)) if not np.array_equal(a, b)
+    ]
     assert differing, "one device reproduced two bit for bit: the README's caveat would be wrong"
     # The same run: steps 9-16 moved the weights the way the reference's did (other dropout masks move them
     # somewhat differently: measured 0.22 of the move apart, 2026-12-07).
@@ -245,8 +255,9 @@ def test_the_readmes_two_process_command_runs_as_written(data_dir, tmp_path):
     flags or platform; the dataset already prepared, as the README's first command leaves it): the first
     collective comes after both processes compiled, however far apart."""
     smaller = "--config.max_steps=4 '--config.data.train_split=train[:4096]' '--config.data.eval_split=test[:512]'"
-    command = readme_two_process_command().replace("--config.distributed.process_id=$K",
-                                                   f"--config.distributed.process_id=$K {smaller}")
+    command = readme_two_process_command().replace(
+        "--config.distributed.process_id=$K", f"--config.distributed.process_id=$K {smaller}"
+    )
     assert command.endswith("done; wait")
     command = command.removesuffix("wait") + "for pid in $(jobs -p); do wait $pid; echo code $?; done"
     (tmp_path / "configs").symlink_to(ROOT / "configs")

@@ -46,15 +46,21 @@ def test_bfloat16_keeps_parameters_and_logits_float32_and_computes_in_bfloat16()
     # BatchNorm outputs that feed them) is bfloat16; float32 only lives inside BatchNorm's statistics and
     # normalisation and the mean reductions' accumulators, which XLA fuses into the passes that read bfloat16.
     layer_outputs = {"conv_general_dilated", "dot_general", "concatenate"}
-    produced = [(e.primitive.name, e.outvars[0].aval.dtype) for e in jaxpr.jaxpr.eqns
-                if e.primitive.name in layer_outputs and e.outvars[0].aval.ndim == 4]
+    produced = [
+        (e.primitive.name, e.outvars[0].aval.dtype)
+        for e in jaxpr.jaxpr.eqns
+        if e.primitive.name in layer_outputs and e.outvars[0].aval.ndim == 4
+    ]
     assert {name for name, _ in produced} == layer_outputs and all(dtype == BF16 for _, dtype in produced), produced
 
 
 @pytest.mark.parametrize(
     "name, head, overrides",
-    [("ghostnetv3_050", "classifier", {}), ("resnet18", "fc", {}),
-     ("beitv2_base_patch16_224", "head", {"img_size": 48})],
+    [
+        ("ghostnetv3_050", "classifier", {}),
+        ("resnet18", "fc", {}),
+        ("beitv2_base_patch16_224", "head", {"img_size": 48}),
+    ],
 )
 def test_under_bfloat16_the_classifier_computes_in_float32(name, head, overrides):
     """The logits are the float32 product of the (bfloat16) features with the float32 head, not that product
@@ -75,8 +81,12 @@ def test_under_bfloat16_the_classifier_computes_in_float32(name, head, overrides
 
 @pytest.mark.parametrize(
     "name, overrides, fused",
-    [("ghostnet_050", {}, False), ("ghostnetv2_100", {"width": 0.5}, False), ("ghostnetv3_050", {}, False),
-     ("ghostnetv3_050", {}, True)],
+    [
+        ("ghostnet_050", {}, False),
+        ("ghostnetv2_100", {"width": 0.5}, False),
+        ("ghostnetv3_050", {}, False),
+        ("ghostnetv3_050", {}, True),
+    ],
 )
 def test_bfloat16_logits_are_close_to_float32_on_the_same_weights(name, overrides, fused):
     model = create_model(name, num_classes=100, **overrides)
@@ -87,10 +97,14 @@ def test_bfloat16_logits_are_close_to_float32_on_the_same_weights(name, override
     exact, half = jit_forward(model, x), jit_forward(with_dtype(model, "bfloat16"), x)
     assert half.dtype == jnp.float32
     if fused:
-        assert all(conv.dtype == BF16 for _, conv in nnx.iter_graph(with_dtype(model, "bfloat16"))
-                   if isinstance(conv, Conv2d))
-        assert all(conv.dtype == BF16 for _, conv in nnx.iter_graph(fuse(create_model(name, dtype="bfloat16")))
-                   if isinstance(conv, Conv2d))
+        assert all(
+            conv.dtype == BF16 for _, conv in nnx.iter_graph(with_dtype(model, "bfloat16")) if isinstance(conv, Conv2d)
+        )
+        assert all(
+            conv.dtype == BF16
+            for _, conv in nnx.iter_graph(fuse(create_model(name, dtype="bfloat16")))
+            if isinstance(conv, Conv2d)
+        )
     # bfloat16 keeps 8 bits of mantissa (relative rounding 2^-9 per op) through about 60 layers: a few percent of
     # the logits' scale, and far below it in top-1 agreement.
     scale = float(jnp.abs(exact).max())

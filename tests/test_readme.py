@@ -37,7 +37,9 @@ def test_readme_quotes_result_tables_verbatim():
     # A README table whose header is a committed results table's header must be one of those tables,
     # row for row: the README's figures are the generated ones, never retyped or left stale.
     # Several results files share a header (every budget's arms table): the table must be one of them.
-    generated = [t for path in (ROOT / "experiments" / "results").rglob("*.md") for t in markdown_tables(path.read_text())]
+    generated = [
+        t for path in (ROOT / "experiments" / "results").rglob("*.md") for t in markdown_tables(path.read_text())
+    ]
     quoted = 0
     for table in markdown_tables((ROOT / "README.md").read_text()):
         candidates = [candidate for candidate in generated if candidate[0] == table[0]]

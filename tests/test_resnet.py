@@ -108,9 +108,19 @@ def test_a_converted_resnet_teaches_a_ghostnet_through_main(timm, data_dir, tmp_
     save_model(tmp_path / "teacher", teacher, spec)
     config = tiny_config(data_dir, max_steps=2)
     # The teacher's own view through the command line: resized (36 -> 48 px) and re-normalised.
-    config.distill.update(alpha=0.5, teacher=str(tmp_path / "teacher"), teacher_size=48, teacher_mean=(0.5,), teacher_std=(0.5,))
-    command = [sys.executable, "-m", "ghostnet_jax.main", "--config", "configs/v1.py:fashion_mnist",
-               "--workdir", str(tmp_path / "student"), *cli_flags(config)]
+    config.distill.update(
+        alpha=0.5, teacher=str(tmp_path / "teacher"), teacher_size=48, teacher_mean=(0.5,), teacher_std=(0.5,)
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "ghostnet_jax.main",
+        "--config",
+        "configs/v1.py:fashion_mnist",
+        "--workdir",
+        str(tmp_path / "student"),
+        *cli_flags(config),
+    ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     log = done.stdout + done.stderr

@@ -38,6 +38,7 @@ def fake_bucket(root):
         def open_(path, mode="r"):
             opened.append(mode)
             return original(local(path), mode)
+
         return open_
 
     names = ("exists", "isdir", "listdir", "makedirs", "mkdir", "remove", "rmtree", "stat", "glob")

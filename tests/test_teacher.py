@@ -46,7 +46,10 @@ def test_teacher_renormalisation_equals_normalising_the_pixels_with_the_teachers
     constants = [np.asarray(config.data.mean), np.asarray(config.data.std)]
     teacher_constants = [np.asarray(config.distill.teacher_mean), np.asarray(config.distill.teacher_std)]
     if channels == 1:  # greyscale datasets average the 3-channel constants, the student's and the teacher's alike
-        constants, teacher_constants = [c.mean(keepdims=True) for c in constants], [c.mean(keepdims=True) for c in teacher_constants]
+        constants, teacher_constants = (
+            [c.mean(keepdims=True) for c in constants],
+            [c.mean(keepdims=True) for c in teacher_constants],
+        )
     student_batch = ((pixels - constants[0]) / constants[1]).astype(np.float32)
     expected = (pixels - teacher_constants[0]) / teacher_constants[1]
     np.testing.assert_allclose(np.asarray(teacher_view(config, channels)(student_batch)), expected, atol=1e-5)
@@ -64,7 +67,10 @@ def test_a_teacher_with_the_students_size_and_normalisation_sees_the_batch_untou
     [
         ({"teacher_size": 0}, "config.distill.teacher_size=0 must be a positive number of pixels"),
         ({"teacher_mean": (0.5, 0.5, 0.5)}, "config.distill.teacher_std=None must have as many values as"),
-        ({"teacher_mean": (0.5,) * 3, "teacher_std": (0.5, 0.0, 0.5)}, r"config.distill.teacher_std=\(0.5, 0.0, 0.5\) must be positive"),
+        (
+            {"teacher_mean": (0.5,) * 3, "teacher_std": (0.5, 0.0, 0.5)},
+            r"config.distill.teacher_std=\(0.5, 0.0, 0.5\) must be positive",
+        ),
     ],
 )
 def test_bad_teacher_view_settings_are_named(changes, message):
@@ -99,8 +105,11 @@ def _teacher_equations(fn, *args):
     'teacher', or 'jvp(teacher)' and 'transpose(jvp(teacher))' where autodiff went through it."""
     jaxpr = jax.make_jaxpr(fn, axis_env=[(AXIS, 1)])(*args)
     owned = re.compile(rf"(\w*\()*{TEACHER_SCOPE}\)*")
-    return [(stack, eqn) for _, stack, eqn in _equations(jaxpr.jaxpr)
-            if any(owned.fullmatch(part) for part in stack.split("/"))]
+    return [
+        (stack, eqn)
+        for _, stack, eqn in _equations(jaxpr.jaxpr)
+        if any(owned.fullmatch(part) for part in stack.split("/"))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +127,9 @@ def tiny_distillation():
     config = base_config()
     schedule = optax.constant_schedule(0.1)
     tx = create_optimizer(config.optim, schedule)
-    state = jax.eval_shape(lambda params, batch_stats: create_train_state(params, batch_stats, tx, 0), params, batch_stats)
+    state = jax.eval_shape(
+        lambda params, batch_stats: create_train_state(params, batch_stats, tx, 0), params, batch_stats
+    )
     batch = {"image": jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32), "label": jax.ShapeDtypeStruct((2,), jnp.int32)}
     step = make_train_step(graphdef, tx, schedule, config, 10, teacher_graphdef, TeacherView(48))
     student_parts = (graphdef, params, batch_stats, rest)
@@ -138,7 +149,9 @@ def test_the_teacher_runs_forward_only_outside_the_differentiated_function(tiny_
 
 def test_a_differentiated_teacher_would_be_detected(tiny_distillation):
     """The check above can fail: the same models with the teacher inside the differentiated loss are caught."""
-    _, (_, _, _, batch), ((graphdef, params, batch_stats, rest), teacher_graphdef, teacher_variables) = tiny_distillation
+    _, (_, _, _, batch), ((graphdef, params, batch_stats, rest), teacher_graphdef, teacher_variables) = (
+        tiny_distillation
+    )
 
     def differentiated_teacher_step(params, batch_stats, rest, teacher_variables, images):
         def loss(both):
@@ -151,6 +164,9 @@ def test_a_differentiated_teacher_would_be_detected(tiny_distillation):
         return jax.grad(loss)((params, teacher_variables))
 
     stacks = [
-        stack for stack, _ in _teacher_equations(differentiated_teacher_step, params, batch_stats, rest, teacher_variables, batch["image"])
+        stack
+        for stack, _ in _teacher_equations(
+            differentiated_teacher_step, params, batch_stats, rest, teacher_variables, batch["image"]
+        )
     ]
     assert any("transpose(jvp(" in stack for stack in stacks)

@@ -42,8 +42,10 @@ def final_train_state(workdir, step=None):
     with ocp.CheckpointManager(workdir / "checkpoints", item_handlers=handlers) as manager:
         step = manager.latest_step() if step is None else step
         one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
-                              manager.item_metadata(step)["train_state"])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+            manager.item_metadata(step)["train_state"],
+        )
         restored = manager.restore(step, args=ocp.args.Composite(train_state=ocp.args.StandardRestore(target)))
         return step, restored["train_state"]
 
@@ -94,8 +96,9 @@ def test_asynchronous_saves_at_every_step_end_identical_to_synchronous_ones(data
     steps = {p.name for p in (tmp_path / "async_False" / "checkpoints").iterdir()}
     assert steps == {p.name for p in (tmp_path / "async_True" / "checkpoints").iterdir()} and len(steps) >= 3
     for step in sorted(int(name) for name in steps):
-        assert_trees_equal(final_train_state(tmp_path / "async_False", step)[1],
-                           final_train_state(tmp_path / "async_True", step)[1])
+        assert_trees_equal(
+            final_train_state(tmp_path / "async_False", step)[1], final_train_state(tmp_path / "async_True", step)[1]
+        )
 
 
 def test_the_checkpoint_guard_finds_any_non_finite_leaf():
@@ -150,9 +153,15 @@ def test_the_offline_resnet_teacher_preset_trains_and_its_run_loads_as_a_teacher
     student.distill.update(alpha=0.5, teacher=str(tmp_path / "teacher" / "checkpoints"))
     _, spec = load_model(tmp_path / "teacher" / "checkpoints")
     assert spec["data"] | {"labels": spec["data"]["labels"][:2]} == {
-        "dataset": "fashion_mnist_debian", "eval_split": "test[:64]", "labels": ["T-shirt/top", "Trouser"],
-        "image_size": 36, "crop_pct": 1.0,
-        "interpolation": "bicubic", "mean": list(config.data.mean), "std": list(config.data.std)}
+        "dataset": "fashion_mnist_debian",
+        "eval_split": "test[:64]",
+        "labels": ["T-shirt/top", "Trouser"],
+        "image_size": 36,
+        "crop_pct": 1.0,
+        "interpolation": "bicubic",
+        "mean": list(config.data.mean),
+        "std": list(config.data.std),
+    }
     graphdef, variables, _ = load_teacher(student, num_classes=10, channels=1, dtype="float32")
     teacher = nnx.merge(graphdef, variables)
     assert isinstance(teacher, ResNet) and teacher.conv1.kernel.value.shape == (7, 7, 1, 64)
@@ -185,7 +194,10 @@ def test_imagenet_v3_config_runs_two_distillation_steps_on_mock_data(tmp_path):
     save_model(tmp_path / "teacher", teacher, model_spec("ghostnet_050", num_classes=1000, overrides={}, fused=False))
     result = subprocess.run(
         [sys.executable, "-c", IMAGENET_RUN, str(tmp_path / "teacher"), str(tmp_path / "v3")],
-        capture_output=True, text=True, cwd=ROOT, timeout=1200,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=1200,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     _, top1, _, loss = result.stdout.split()[-4:]

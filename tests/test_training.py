@@ -43,7 +43,11 @@ def test_distillation_loss_mixes_label_smoothed_ce_and_kd():
     ce = -np.sum(smoothed * np.log(softmax(student)), axis=-1).mean()
     kd = np.sum(softmax(teacher) * (np.log(softmax(teacher)) - np.log(softmax(student))), axis=-1).mean()
     loss, _ = distillation_loss(
-        jnp.asarray(student), smooth_labels(jnp.asarray(labels), 10, 0.1), jnp.asarray(teacher), alpha=0.5, temperature=1.0
+        jnp.asarray(student),
+        smooth_labels(jnp.asarray(labels), 10, 0.1),
+        jnp.asarray(teacher),
+        alpha=0.5,
+        temperature=1.0,
     )
     np.testing.assert_allclose(float(loss), 0.5 * ce + 0.5 * kd, rtol=1e-5)
     no_teacher, _ = distillation_loss(jnp.asarray(student), jnp.asarray(smoothed), None, alpha=0.5, temperature=1.0)

@@ -28,13 +28,38 @@ from ghostnet_jax.data.transforms import INTERPOLATIONS
 LEVEL_DENOM = 10.0  # timm's magnitude scale: M10 is the strongest level of each op
 
 RAND_TRANSFORMS = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color", "Contrast",
-    "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "Posterize",
+    "Solarize",
+    "SolarizeAdd",
+    "Color",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
 )
 RAND_INCREASING_TRANSFORMS = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd",
-    "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY",
-    "TranslateXRel", "TranslateYRel",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "PosterizeIncreasing",
+    "SolarizeIncreasing",
+    "SolarizeAdd",
+    "ColorIncreasing",
+    "ContrastIncreasing",
+    "BrightnessIncreasing",
+    "SharpnessIncreasing",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
 )
 
 
@@ -325,8 +350,13 @@ def apply_op(
     if base in unary:
         return unary[base](image)
     with_arg = {
-        "Posterize": posterize, "Solarize": solarize, "SolarizeAdd": solarize_add, "Color": color,
-        "Contrast": contrast, "Brightness": brightness, "Sharpness": sharpness,
+        "Posterize": posterize,
+        "Solarize": solarize,
+        "SolarizeAdd": solarize_add,
+        "Color": color,
+        "Contrast": contrast,
+        "Brightness": brightness,
+        "Sharpness": sharpness,
     }
     if base in with_arg:
         return with_arg[base](image, arg)
@@ -373,8 +403,9 @@ def rand_augment(
 
         def branch(name: str, image: tf.Tensor = image, magnitude=magnitude, negate=negate, interp=interp):
             def run() -> tf.Tensor:  # the argument too is computed inside: only the drawn branch runs
-                return apply_op(image, name, level_to_arg(name, magnitude, negate, translate_pct), fill=fill,
-                                interpolation=interp)
+                return apply_op(
+                    image, name, level_to_arg(name, magnitude, negate, translate_pct), fill=fill, interpolation=interp
+                )
 
             return run
 

@@ -59,8 +59,11 @@ def from_data_config(data: ml_collections.ConfigDict) -> dict[str, Any]:
     image folder, the folder, as an absolute path where it is local)."""
     if data.folder:
         folder = data.folder if "://" in data.folder else os.path.abspath(os.path.expanduser(data.folder))
-        source = {"dataset": "folder", "folder": folder,
-                  "labels": list(image_folder(data.folder).info.features["label"].names)}
+        source = {
+            "dataset": "folder",
+            "folder": folder,
+            "labels": list(image_folder(data.folder).info.features["label"].names),
+        }
     else:
         source = {"dataset": data.name, "labels": dataset_label_names(data.name, data.data_dir)}
     return source | {

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ghostnet_jax.data import augment, fashion_mnist, transforms
+from ghostnet_jax.data import augment, fashion_mnist, transforms  # noqa: F401 (fashion_mnist registers the dataset)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,31 +42,33 @@ class DatasetInfo:
 
 def default_data_config() -> ml_collections.ConfigDict:
     """The `data` fields the pipeline reads, with ImageNet/timm defaults; configs start from this."""
-    return ml_collections.ConfigDict({
-        "name": "imagenet2012",  # TFDS name
-        "data_dir": ml_collections.FieldReference(None, field_type=str),  # None: TFDS's default
-        "train_split": "train",
-        "eval_split": "validation",
-        "image_size": 224,
-        "eval_crop_pct": 0.875,
-        "interpolation": "bicubic",  # 'bilinear' | 'bicubic' | 'random' (train only; eval then uses bicubic)
-        "crop_scale": (0.08, 1.0),
-        "crop_ratio": (3 / 4, 4 / 3),
-        "hflip": True,
-        "randaugment": "rand-m9-mstd0.5",  # timm config string; '' = off
-        "random_erasing": 0.25,  # probability; 0 = off
-        "mean": IMAGENET_MEAN,  # 0..1 units, like timm; averaged to one value for 1-channel datasets
-        "std": IMAGENET_STD,
-        "shuffle_buffer": 16384,
-        "num_parallel_calls": tf.data.AUTOTUNE,
-        "cache": False,  # hold the decoded split in memory (small datasets)
-        # Your own images instead of a TFDS dataset: DIR/SPLIT/CLASS/*.jpg (or .png, ...), read by TFDS's
-        # ImageFolder; train on train_split, evaluate on eval_split or the first of test, val, validation it has.
-        "folder": "",
-        "num_classes": ml_collections.FieldReference(None, field_type=int),  # None: from the TFDS info
-        "num_train": ml_collections.FieldReference(None, field_type=int),
-        "num_eval": ml_collections.FieldReference(None, field_type=int),
-    })
+    return ml_collections.ConfigDict(
+        {
+            "name": "imagenet2012",  # TFDS name
+            "data_dir": ml_collections.FieldReference(None, field_type=str),  # None: TFDS's default
+            "train_split": "train",
+            "eval_split": "validation",
+            "image_size": 224,
+            "eval_crop_pct": 0.875,
+            "interpolation": "bicubic",  # 'bilinear' | 'bicubic' | 'random' (train only; eval then uses bicubic)
+            "crop_scale": (0.08, 1.0),
+            "crop_ratio": (3 / 4, 4 / 3),
+            "hflip": True,
+            "randaugment": "rand-m9-mstd0.5",  # timm config string; '' = off
+            "random_erasing": 0.25,  # probability; 0 = off
+            "mean": IMAGENET_MEAN,  # 0..1 units, like timm; averaged to one value for 1-channel datasets
+            "std": IMAGENET_STD,
+            "shuffle_buffer": 16384,
+            "num_parallel_calls": tf.data.AUTOTUNE,
+            "cache": False,  # hold the decoded split in memory (small datasets)
+            # Your own images instead of a TFDS dataset: DIR/SPLIT/CLASS/*.jpg (or .png, ...), read by TFDS's
+            # ImageFolder; train on train_split, evaluate on eval_split or the first of test, val, validation it has.
+            "folder": "",
+            "num_classes": ml_collections.FieldReference(None, field_type=int),  # None: from the TFDS info
+            "num_train": ml_collections.FieldReference(None, field_type=int),
+            "num_eval": ml_collections.FieldReference(None, field_type=int),
+        }
+    )
 
 
 def dataset_info(data: ml_collections.ConfigDict) -> DatasetInfo:
@@ -114,8 +116,10 @@ def train_batches(
 
     def epoch_stream(epoch: tf.Tensor) -> tf.data.Dataset:
         epoch_seed = tf.random.experimental.stateless_fold_in(base_seed, epoch)
-        return epoch_records(epoch).enumerate().map(
-            lambda index, ex: (tf.random.experimental.stateless_fold_in(epoch_seed, index), ex)
+        return (
+            epoch_records(epoch)
+            .enumerate()
+            .map(lambda index, ex: (tf.random.experimental.stateless_fold_in(epoch_seed, index), ex))
         )
 
     transform = train_transform(data, info.channels)
@@ -143,15 +147,20 @@ def eval_batches(data: ml_collections.ConfigDict, *, global_batch_size: int) -> 
     def transform(ex: dict) -> dict:
         image = transforms.decode(ex["image"], info.channels)
         image = transforms.resize_shorter_and_centre_crop(image, data.image_size, data.eval_crop_pct, interpolation)
-        return {"image": transforms.normalise(image, mean, std), "label": tf.cast(ex["label"], tf.int32),
-                "mask": tf.constant(1.0)}
+        return {
+            "image": transforms.normalise(image, mean, std),
+            "label": tf.cast(ex["label"], tf.int32),
+            "mask": tf.constant(1.0),
+        }
 
     real = source.map(transform, num_parallel_calls=data.num_parallel_calls)
-    padding = tf.data.Dataset.from_tensors({
-        "image": tf.zeros([data.image_size, data.image_size, info.channels]),
-        "label": tf.constant(0),
-        "mask": tf.constant(0.0),
-    }).repeat()
+    padding = tf.data.Dataset.from_tensors(
+        {
+            "image": tf.zeros([data.image_size, data.image_size, info.channels]),
+            "label": tf.constant(0),
+            "mask": tf.constant(0.0),
+        }
+    ).repeat()
     num_batches = math.ceil(info.num_eval / global_batch_size)
     ds = real.concatenate(padding).take(num_batches * local_batch).batch(local_batch)
     yield from _to_device_layout(_with_options(ds).prefetch(tf.data.AUTOTUNE), per_device)
@@ -197,8 +206,9 @@ def image_folder(directory: str) -> tfds.ImageFolder:
         raise FileNotFoundError(f"config.data.folder {directory!r} is not a directory")
     builder = tfds.ImageFolder(directory)
     if not builder.info.splits:
-        raise FileNotFoundError(f"config.data.folder {directory!r} holds no images as SPLIT/CLASS/IMAGE (e.g. "
-                                "train/cat/1.jpg)")
+        raise FileNotFoundError(
+            f"config.data.folder {directory!r} holds no images as SPLIT/CLASS/IMAGE (e.g. train/cat/1.jpg)"
+        )
     return builder
 
 
@@ -209,28 +219,34 @@ def resolve_folder_splits(data: ml_collections.ConfigDict) -> None:
         return
     splits = sorted(image_folder(data.folder).info.splits)
     if data.train_split not in splits:
-        raise ValueError(f"config.data.folder {data.folder!r} has no {data.train_split!r} split (config.data."
-                         f"train_split); it has {splits}")
+        raise ValueError(
+            f"config.data.folder {data.folder!r} has no {data.train_split!r} split (config.data."
+            f"train_split); it has {splits}"
+        )
     candidates = [data.eval_split, "test", "val", "validation"]
     found = next((split for split in candidates if split in splits), None)
     if found is None:
-        raise ValueError(f"config.data.folder {data.folder!r} has none of the eval splits {candidates}; it has "
-                         f"{splits}")
+        raise ValueError(
+            f"config.data.folder {data.folder!r} has none of the eval splits {candidates}; it has {splits}"
+        )
     data.eval_split = found
 
 
 def _not_prepared(data: ml_collections.ConfigDict) -> str:
     where = data.data_dir or "TFDS's default data_dir"
     if data.name == "imagenet2012":
-        how = ("download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into TFDS's manual_dir "
-               "(<data_dir>/downloads/manual) and run `tfds build imagenet2012`")
+        how = (
+            "download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into TFDS's manual_dir "
+            "(<data_dir>/downloads/manual) and run `tfds build imagenet2012`"
+        )
     else:
         how = f"run `tfds build {data.name}` (with --data_dir if not the default) on a machine with network access"
     return f"dataset {data.name!r} is not prepared in {where}: {how}. This pipeline never downloads."
 
 
-def _as_dataset(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDict, split,
-                decode: bool = False) -> tf.data.Dataset:
+def _as_dataset(
+    builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDict, split, decode: bool = False
+) -> tf.data.Dataset:
     """The split in file order, images left encoded unless `decode` (decoding happens fused with cropping)."""
     decoders = None if decode else {"image": tfds.decode.SkipDecoding()}
     try:
@@ -241,8 +257,14 @@ def _as_dataset(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDi
         raise FileNotFoundError(_not_prepared(data)) from error
 
 
-def _host_share(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDict, split: str, num_examples: int,
-                *, drop_remainder: bool) -> tuple[tf.data.Dataset, int]:
+def _host_share(
+    builder: tfds.core.DatasetBuilder,
+    data: ml_collections.ConfigDict,
+    split: str,
+    num_examples: int,
+    *,
+    drop_remainder: bool,
+) -> tuple[tf.data.Dataset, int]:
     """This process's share of `split` and its size: the whole split on one host, an even slice otherwise (TFDS's
     `even_splits`; an image folder, whose builder reads whole splits only, is sharded in its file order, the same on
     every host)."""
@@ -274,8 +296,7 @@ def _permuted_epochs(images: tf.Tensor, labels: tf.Tensor, base_seed: tf.Tensor)
     def records(epoch: tf.Tensor) -> tf.data.Dataset:
         seed = tf.random.experimental.stateless_fold_in(order_seed, epoch)
         order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(labels)[0]), seed)
-        return tf.data.Dataset.from_tensor_slices(order).map(
-            lambda i: {"image": images[i], "label": labels[i]})
+        return tf.data.Dataset.from_tensor_slices(order).map(lambda i: {"image": images[i], "label": labels[i]})
 
     return records
 

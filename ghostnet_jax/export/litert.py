@@ -16,8 +16,11 @@ import tensorflow as tf
 from jax.experimental import jax2tf
 
 
-def export_litert(function: Callable[[jax.Array], jax.Array], image_shape: tuple[int, int, int],
-                  calibration: Sequence[np.ndarray] | None = None) -> bytes:
+def export_litert(
+    function: Callable[[jax.Array], jax.Array],
+    image_shape: tuple[int, int, int],
+    calibration: Sequence[np.ndarray] | None = None,
+) -> bytes:
     """The LiteRT model of `function` for (1, H, W, C) float32 images; int8 when `calibration` (image batches)
     is given."""
     signature = [tf.TensorSpec((1, *image_shape), tf.float32, name="images")]

@@ -26,8 +26,13 @@ def export_onnx(function: Callable[[jax.Array], jax.Array], image_shape: tuple[i
     logging.getLogger("jax2onnx.plugins.plugin_system").setLevel(logging.ERROR)
     from jax2onnx import to_onnx
 
-    model = to_onnx(function, inputs=[("batch", *image_shape)], model_name="ghostnet",
-                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+    model = to_onnx(
+        function,
+        inputs=[("batch", *image_shape)],
+        model_name="ghostnet",
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+    )
     return model.SerializeToString()
 
 
@@ -51,8 +56,14 @@ def quantize_onnx(model: bytes, calibration: Sequence[np.ndarray]) -> bytes:
         # through a Transpose, and the quantiser only quantises weights that reach the conv directly, so without it
         # 99% of the weight bytes stayed float32 (measured on the offline student: 6.2 MB float, 32 KB int8).
         quantization.shape_inference.quant_pre_process(source, source)
-        quantization.quantize_static(source, target, Reader(), quant_format=quantization.QuantFormat.QDQ,
-                                     per_channel=True, activation_type=quantization.QuantType.QInt8,
-                                     weight_type=quantization.QuantType.QInt8)
+        quantization.quantize_static(
+            source,
+            target,
+            Reader(),
+            quant_format=quantization.QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=quantization.QuantType.QInt8,
+            weight_type=quantization.QuantType.QInt8,
+        )
         with open(target, "rb") as file:
             return file.read()

@@ -9,8 +9,8 @@ gamma_1/gamma_2, LayerNorm eps 1e-6, exact (erf) GELU, mean pooling over patch t
 computed in float32, and the logits are returned in float32.
 
 The bias tables are sized for `img_size`: a converted 224 px checkpoint only loads into a 224 px model
-(`ghostnet_jax.convert.from_torch` rejects other sizes, listing the mis-shaped tables) because resizing the tables changes the
-function and is not needed for distillation at the teacher's own resolution. Stochastic depth and dropout
+(`ghostnet_jax.convert.from_torch` rejects other sizes, listing the mis-shaped tables) because resizing the tables
+changes the function and is not needed for distillation at the teacher's own resolution. Stochastic depth and dropout
 are not supported: the teachers are used frozen, in inference.
 """
 
@@ -57,8 +57,15 @@ def relative_position_index(grid: int) -> np.ndarray:
     return index
 
 
-def _linear(d_in: int, d_out: int, rngs: nnx.Rngs, *, use_bias: bool = True, scale: float = 1.0,
-            cls: type[nnx.Linear] = nnx.Linear) -> nnx.Linear:
+def _linear(
+    d_in: int,
+    d_out: int,
+    rngs: nnx.Rngs,
+    *,
+    use_bias: bool = True,
+    scale: float = 1.0,
+    cls: type[nnx.Linear] = nnx.Linear,
+) -> nnx.Linear:
     """timm's Linear init: truncated normal std 0.02 (times `scale`), zero bias."""
 
     def init(key, shape, dtype=jnp.float32):
@@ -204,4 +211,3 @@ TORCH_KEY_RULES = [
     (r"^patch_embed\.", "patch_embed.proj."),
     (r"\.(kernel|scale)$", ".weight"),
 ]
-

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -225,8 +226,18 @@ class _Trunk(nnx.Module):
     """The stem and the first `num_stages` bottleneck stages: what the classifier and the feature extractor share
     (the same attribute names, so that weights convert and restore the same way for both)."""
 
-    def __init__(self, *, version: int, width: float, num_stages: int, rngs: nnx.Rngs, in_chans: int = 3,
-                 dfc_upsample: str = "bilinear", rep: RepSettings | None = None, remat: str = "none"):
+    def __init__(
+        self,
+        *,
+        version: int,
+        width: float,
+        num_stages: int,
+        rngs: nnx.Rngs,
+        in_chans: int = 3,
+        dfc_upsample: str = "bilinear",
+        rep: RepSettings | None = None,
+        remat: str = "none",
+    ):
         if remat not in REMAT_MODES:
             raise ValueError(f"unknown remat {remat!r}; expected one of {REMAT_MODES}")
         self.version = version
@@ -300,8 +311,16 @@ class GhostNet(_Trunk):
         remat: str = "none",
         rngs: nnx.Rngs,
     ):
-        super().__init__(version=version, width=width, in_chans=in_chans, dfc_upsample=dfc_upsample, rep=rep,
-                         remat=remat, num_stages=len(STAGES), rngs=rngs)
+        super().__init__(
+            version=version,
+            width=width,
+            in_chans=in_chans,
+            dfc_upsample=dfc_upsample,
+            rep=rep,
+            remat=remat,
+            num_stages=len(STAGES),
+            rngs=rngs,
+        )
         final_channels = make_divisible(FINAL_CHANNELS * width, 4)
         self.final_conv = ConvBN(self.blocks[-1][-1].ghost2.out_features, final_channels, 1, rngs=rngs)
         self.conv_head = Conv2d(self.final_conv.bn.num_features, HEAD_CHANNELS, 1, use_bias=True, rngs=rngs)
@@ -332,14 +351,17 @@ class GhostNetFeatures(_Trunk):
     `feature_info(width)` (default all five: strides 2, 4, 8, 16, 32). Only the stages up to the last requested
     map are built, as timm does. The maps are in the compute `dtype`."""
 
-    def __init__(self, *, width: float = 1.0, out_indices: Sequence[int] = (0, 1, 2, 3, 4), dtype="float32",
-                 **trunk: Any):
+    def __init__(
+        self, *, width: float = 1.0, out_indices: Sequence[int] = (0, 1, 2, 3, 4), dtype="float32", **trunk: Any
+    ):
         """`trunk`: `GhostNet`'s other arguments (version, in_chans, dfc_upsample, rep, remat, rngs)."""
         available = feature_info(width)
         out_indices = tuple(out_indices)
         if not out_indices or any(not isinstance(i, int) or not 0 <= i < len(available) for i in out_indices):
-            raise ValueError(f"out_indices {out_indices} must be indices into the {len(available)} feature maps "
-                             f"{[info.module for info in available]}")
+            raise ValueError(
+                f"out_indices {out_indices} must be indices into the {len(available)} feature maps "
+                f"{[info.module for info in available]}"
+            )
         self.out_indices = out_indices
         self.feature_info = tuple(available[i] for i in out_indices)
         last = max(out_indices)
@@ -352,8 +374,10 @@ class GhostNetFeatures(_Trunk):
         self.check_input(x.shape)
         taps = {info.module for info in self.feature_info}
         if "conv_stem" in taps and self.stem.bn is None:
-            raise ValueError("the first feature map is the stem conv's output before its BatchNorm, which "
-                             "fold_batchnorm folded into the conv; fold a model without out_indices 0")
+            raise ValueError(
+                "the first feature map is the stem conv's output before its BatchNorm, which "
+                "fold_batchnorm folded into the conv; fold a model without out_indices 0"
+            )
         features = []
         x = self.stem.conv(x)
         if "conv_stem" in taps:

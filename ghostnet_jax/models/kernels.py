@@ -121,9 +121,7 @@ def conv_as_matmul(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax
     out_h = (x.shape[1] + top + bottom - kh) // stride + 1
     out_w = (x.shape[2] + left + right - kw) // stride + 1
     padded = _pad(x, padding)
-    patches = jnp.concatenate(
-        [_tap(padded, i, j, stride, out_h, out_w) for i in range(kh) for j in range(kw)], axis=-1
-    )
+    patches = jnp.concatenate([_tap(padded, i, j, stride, out_h, out_w) for i in range(kh) for j in range(kw)], axis=-1)
     return jnp.einsum("nhwk,ko->nhwo", patches, kernel.reshape(kh * kw * in_features, out_features))
 
 
@@ -158,12 +156,16 @@ def _depthwise_backward(stride, padding, residuals, grad):
     # padding it so that row a's window starts at a + top - (kh - 1) turns that into a stride-1 shift-add
     # with the flipped kernel; negative padding crops what falls outside the input.
     dilated_h, dilated_w = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
-    spread = jax.lax.pad(grad, jnp.zeros((), grad.dtype), (
-        (0, 0, 0),
-        (kh - 1 - top, h + top - dilated_h, stride - 1),
-        (kw - 1 - left, w + left - dilated_w, stride - 1),
-        (0, 0, 0),
-    ))
+    spread = jax.lax.pad(
+        grad,
+        jnp.zeros((), grad.dtype),
+        (
+            (0, 0, 0),
+            (kh - 1 - top, h + top - dilated_h, stride - 1),
+            (kw - 1 - left, w + left - dilated_w, stride - 1),
+            (0, 0, 0),
+        ),
+    )
     grad_x = _shift_add(spread, kernel[::-1, ::-1], 1, h, w)
     padded = _pad(x, padding)
     # One variadic reduction for all taps: XLA reads the input and gradient once, where a sum per tap

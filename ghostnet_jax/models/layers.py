@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from typing import Any, Iterator, Sequence
+from typing import Any
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +50,8 @@ def compute_dtype(name) -> jnp.dtype:
 
 
 def check_count(field: str, value: Any, minimum: int) -> int:
-    """`value` as an integer count of at least `minimum` (num_classes, in_chans, ...), else a ValueError naming `field`."""
+    """`value` as an integer count of at least `minimum` (num_classes, in_chans, ...), else a ValueError naming
+    `field`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         requirement = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ValueError(f"{field} must be {requirement}, got {value!r}")

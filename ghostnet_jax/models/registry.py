@@ -2,7 +2,8 @@
 
 GhostNets are the students. Teacher families (`resnet`, `beit`) are modules that each provide `VARIANTS` (their
 names), `OVERRIDES`, `create(name, *, num_classes, rngs, **overrides)`, `TORCH_KEY_RULES` (regex renames from a
-variable's path to its timm state-dict key, for the converter) and `CLASSIFIER_KEY`; `teacher_family(name)` finds the one that owns a name.
+variable's path to its timm state-dict key, for the converter) and `CLASSIFIER_KEY`; `teacher_family(name)` finds
+the one that owns a name.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import math
 import numbers
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from flax import nnx
 

@@ -8,7 +8,8 @@ model trains in the multi-branch form and is fused afterwards.
 
 from __future__ import annotations
 
-from typing import Sequence, TypeVar
+from typing import TypeVar
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

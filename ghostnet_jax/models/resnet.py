@@ -14,7 +14,8 @@ apply as in GhostNet; logits are float32.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -100,9 +101,7 @@ class Bottleneck(nnx.Module):
 
 def max_pool_3x3_stride_2(x: jax.Array) -> jax.Array:
     """PyTorch's MaxPool2d(3, stride=2, padding=1): padding never wins (it is -inf)."""
-    return jax.lax.reduce_window(
-        x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
-    )
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))
 
 
 class ResNet(nnx.Module):
@@ -170,4 +169,3 @@ TORCH_KEY_RULES = [
     (r"\.mean$", ".running_mean"),
     (r"\.var$", ".running_var"),
 ]
-

@@ -41,11 +41,30 @@ SET_ASIDE_PREFIX = "corrupt-"
 # evidence of damaged files, and those that say the storage could not be reached or refused: the latter win.
 _DAMAGE_STATUSES = ("DATA_LOSS", "NOT_FOUND", "OUT_OF_RANGE")
 _DAMAGE_ERRORS = {"DataLossError", "NotFoundError", "OutOfRangeError"}
-_UNREACHABLE_STATUSES = ("UNAVAILABLE", "PERMISSION_DENIED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED",
-                         "CANCELLED", "UNAUTHENTICATED", "INTERNAL", "UNKNOWN")
-_UNREACHABLE_ERRORS = {"UnavailableError", "PermissionDeniedError", "DeadlineExceededError",
-                       "ResourceExhaustedError", "AbortedError", "CancelledError", "UnauthenticatedError",
-                       "InternalError", "UnknownError", "JaxRuntimeError", "XlaRuntimeError"}
+_UNREACHABLE_STATUSES = (
+    "UNAVAILABLE",
+    "PERMISSION_DENIED",
+    "DEADLINE_EXCEEDED",
+    "RESOURCE_EXHAUSTED",
+    "ABORTED",
+    "CANCELLED",
+    "UNAUTHENTICATED",
+    "INTERNAL",
+    "UNKNOWN",
+)
+_UNREACHABLE_ERRORS = {
+    "UnavailableError",
+    "PermissionDeniedError",
+    "DeadlineExceededError",
+    "ResourceExhaustedError",
+    "AbortedError",
+    "CancelledError",
+    "UnauthenticatedError",
+    "InternalError",
+    "UnknownError",
+    "JaxRuntimeError",
+    "XlaRuntimeError",
+}
 RESTORED, BROKEN, MISMATCH, FAILED = range(4)  # ordered: the processes' decision is the largest
 
 
@@ -95,8 +114,15 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 class TrainCheckpointer:
     """Saves and restores `TrainState`s under `directory` (a path or URL); every process takes part in each call."""
 
-    def __init__(self, directory: str | os.PathLike, *, keep: int, spec: dict[str, Any], read_only: bool = False,
-                 asynchronous: bool = False):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        keep: int,
+        spec: dict[str, Any],
+        read_only: bool = False,
+        asynchronous: bool = False,
+    ):
         """`asynchronous`: `save` returns once the state is copied off the devices and the files are written in
         the background (Orbax's asynchronous checkpointing); a step becomes visible only once complete."""
         self.spec, self.read_only = spec, read_only
@@ -110,8 +136,10 @@ class TrainCheckpointer:
             ]
         )
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, enable_async_checkpointing=asynchronous, read_only=read_only,
-            create=not read_only
+            preservation_policy=policy,
+            enable_async_checkpointing=asynchronous,
+            read_only=read_only,
+            create=not read_only,
         )
         handlers = {
             STATE_ITEM: ocp.StandardCheckpointHandler(),
@@ -127,8 +155,9 @@ class TrainCheckpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def save(self, state: TrainState, model_variables: dict, metrics: dict[str, float] | None = None, *,
-             wait: bool = False) -> None:
+    def save(
+        self, state: TrainState, model_variables: dict, metrics: dict[str, float] | None = None, *, wait: bool = False
+    ) -> None:
         """Writes `state` at its step, with the EMA model's variables; `metrics` rank it for 'best'. `wait`: return
         only once it is complete (a preemption's checkpoint), also when saving asynchronously."""
         step = int(jax.device_get(state.step))
@@ -163,7 +192,8 @@ class TrainCheckpointer:
             tried.append(f"step {step} ({self._set_step_aside(step, result)})")
         if tried:
             raise CheckpointReadError(
-                f"no checkpoint in {self.directory} restores: " + "; ".join(tried)
+                f"no checkpoint in {self.directory} restores: "
+                + "; ".join(tried)
                 + f". The run does not start from scratch over them: move {self.directory} away to do that."
             )
         return None
@@ -225,8 +255,9 @@ class TrainCheckpointer:
             logging.warning("skipping unreadable checkpoint step %d in %s: %s", step, self.directory, reason)
             return f"skipped: {reason}"
         aside = self.directory / f"{SET_ASIDE_PREFIX}{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-        logging.warning("checkpoint step %d in %s is damaged, moved to %s: %s", step, self.directory, aside.name,
-                        reason)
+        logging.warning(
+            "checkpoint step %d in %s is damaged, moved to %s: %s", step, self.directory, aside.name, reason
+        )
         if hosts.is_main():
             (self.directory / str(step)).rename(aside)
         hosts.barrier(f"set-aside-{step}")

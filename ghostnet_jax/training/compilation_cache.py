@@ -24,8 +24,11 @@ def default_directory() -> str:
 def add_cache_argument(parser: argparse.ArgumentParser) -> None:
     """`--compilation-cache-dir`, shared by the evaluate, predict and export commands (training has
     `--config.compilation_cache_dir`)."""
-    parser.add_argument("--compilation-cache-dir", default=default_directory(),
-                        help="JAX's persistent compilation cache (default: %(default)s; '' leaves JAX's own setting)")
+    parser.add_argument(
+        "--compilation-cache-dir",
+        default=default_directory(),
+        help="JAX's persistent compilation cache (default: %(default)s; '' leaves JAX's own setting)",
+    )
 
 
 def use_compilation_cache(directory: str) -> None:

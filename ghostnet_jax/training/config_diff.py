@@ -13,8 +13,17 @@ _NOT_ARCHITECTURE = {"dtype"}
 # machine's paths and the process layout. (A resume on another number of devices is statistically, not bitwise,
 # the same run: see the README's "Resume".)
 FREE_FIELDS = {
-    "mode", "max_steps", "log_every_steps", "eval_every_epochs", "checkpoint_every_steps", "keep_checkpoints",
-    "async_checkpointing", "compilation_cache_dir", "allow_config_change", "multihost", "data.data_dir",
+    "mode",
+    "max_steps",
+    "log_every_steps",
+    "eval_every_epochs",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "async_checkpointing",
+    "compilation_cache_dir",
+    "allow_config_change",
+    "multihost",
+    "data.data_dir",
     "data.num_parallel_calls",
 }
 FREE_PREFIXES = ("distributed.",)
@@ -26,8 +35,11 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """{'optim.name': 'sgd', ...}: nested dicts as dotted field names."""
     if not isinstance(tree, dict) or not tree:
         return {prefix: tree}
-    return {name: leaf for key, value in tree.items()
-            for name, leaf in flatten(value, f"{prefix}.{key}" if prefix else key).items()}
+    return {
+        name: leaf
+        for key, value in tree.items()
+        for name, leaf in flatten(value, f"{prefix}.{key}" if prefix else key).items()
+    }
 
 
 def _as_json(value: Any) -> Any:
@@ -44,13 +56,17 @@ def spec_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str
         if key in ("overrides", "data"):  # not the architecture ("data": eval transform and class names)
             continue
         if saved.get(key) != current.get(key):
-            differences.append(f"{_SPEC_FIELDS.get(key, key)}: {saved.get(key)!r} in the checkpoint, "
-                               f"{current.get(key)!r} in this config")
+            differences.append(
+                f"{_SPEC_FIELDS.get(key, key)}: {saved.get(key)!r} in the checkpoint, "
+                f"{current.get(key)!r} in this config"
+            )
     saved_overrides, current_overrides = saved.get("overrides", {}), current.get("overrides", {})
     for key in sorted((set(saved_overrides) | set(current_overrides)) - _NOT_ARCHITECTURE):
         if saved_overrides.get(key) != current_overrides.get(key):
-            differences.append(f"{_OVERRIDE_FIELDS.get(key, f'model.{key}')}: {saved_overrides.get(key)!r} in the "
-                               f"checkpoint, {current_overrides.get(key)!r} in this config")
+            differences.append(
+                f"{_OVERRIDE_FIELDS.get(key, f'model.{key}')}: {saved_overrides.get(key)!r} in the "
+                f"checkpoint, {current_overrides.get(key)!r} in this config"
+            )
     return differences
 
 
@@ -59,13 +75,17 @@ def changed_fields(saved: dict[str, Any] | None, current: dict[str, Any]) -> lis
     if saved is None:
         return []
     saved, current = ADDED_FIELDS | flatten(_as_json(saved)), flatten(_as_json(current))
-    return [key for key in sorted(set(saved) | set(current))
-            if saved.get(key) != current.get(key) and key not in FREE_FIELDS and not key.startswith(FREE_PREFIXES)]
+    return [
+        key
+        for key in sorted(set(saved) | set(current))
+        if saved.get(key) != current.get(key) and key not in FREE_FIELDS and not key.startswith(FREE_PREFIXES)
+    ]
 
 
-def config_differences(saved: dict[str, Any] | None, current: dict[str, Any], saved_name: str = "config.json"
-                       ) -> list[str]:
-    """"optim.name: 'sgd' in config.json, 'adamw' in this config" for each of the `changed_fields`."""
+def config_differences(
+    saved: dict[str, Any] | None, current: dict[str, Any], saved_name: str = "config.json"
+) -> list[str]:
+    """ "optim.name: 'sgd' in config.json, 'adamw' in this config" for each of the `changed_fields`."""
     fields = changed_fields(saved, current)
     saved, current = flatten(_as_json(saved or {})), flatten(_as_json(current))
     return [f"{key}: {saved.get(key)!r} in {saved_name}, {current.get(key)!r} in this config" for key in fields]

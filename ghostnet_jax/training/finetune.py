@@ -38,30 +38,40 @@ def init_from(model: nnx.Module, directory: str, described: str) -> None:
     """
     source, spec = load_model(directory)
     if spec.get("fused"):
-        raise ValueError(f"init_from {directory} holds {spec['name']} in V3's deploy form (its re-parameterised "
-                         "branches fused), which cannot be trained: convert the training-form weights instead")
+        raise ValueError(
+            f"init_from {directory} holds {spec['name']} in V3's deploy form (its re-parameterised "
+            "branches fused), which cannot be trained: convert the training-form weights instead"
+        )
     state = nnx.state(model, (nnx.Param, nnx.BatchStat))
     ours = traverse_util.flatten_dict(state.to_pure_dict())
     theirs = traverse_util.flatten_dict(nnx.state(source, (nnx.Param, nnx.BatchStat)).to_pure_dict())
     stem = theirs[STEM_KERNEL]
     if ours[STEM_KERNEL].shape[2] == 1 and stem.shape[2] == 3:
-        logging.warning("init_from %s: RGB weights for a greyscale run: the stem's kernel is summed over its "
-                        "input channels", directory)
+        logging.warning(
+            "init_from %s: RGB weights for a greyscale run: the stem's kernel is summed over its input channels",
+            directory,
+        )
         theirs[STEM_KERNEL] = stem.sum(axis=2, keepdims=True)
-    reset = [path for path in ours.keys() & theirs.keys()
-             if path[0] == HEAD and theirs[path].shape != ours[path].shape]
-    mismatched = [f"{_dotted(path)} {theirs[path].shape} (expected {ours[path].shape})"
-                  for path in ours.keys() & theirs.keys() if theirs[path].shape != ours[path].shape and path[0] != HEAD]
+    reset = [path for path in ours.keys() & theirs.keys() if path[0] == HEAD and theirs[path].shape != ours[path].shape]
+    mismatched = [
+        f"{_dotted(path)} {theirs[path].shape} (expected {ours[path].shape})"
+        for path in ours.keys() & theirs.keys()
+        if theirs[path].shape != ours[path].shape and path[0] != HEAD
+    ]
     problems = key_problems([_dotted(p) for p in ours], [_dotted(p) for p in theirs], sorted(mismatched))
     if problems:
-        raise ValueError(f"init_from {directory} ({spec['name']}) does not fit {described}:\n  "
-                         + "\n  ".join(problems))
+        raise ValueError(
+            f"init_from {directory} ({spec['name']}) does not fit {described}:\n  " + "\n  ".join(problems)
+        )
     if reset:
         classes = theirs[(HEAD, "kernel")].shape[-1], ours[(HEAD, "kernel")].shape[-1]
-        logging.warning("init_from %s: the %s layer is re-initialised (%d classes there, %d here)", directory, HEAD,
-                        *classes)
-    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(
-        {path: value if path in reset else theirs[path] for path, value in ours.items()}))
+        logging.warning(
+            "init_from %s: the %s layer is re-initialised (%d classes there, %d here)", directory, HEAD, *classes
+        )
+    nnx.replace_by_pure_dict(
+        state,
+        traverse_util.unflatten_dict({path: value if path in reset else theirs[path] for path, value in ours.items()}),
+    )
     nnx.update(model, state)
 
 
@@ -97,6 +107,7 @@ def training_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedu
         backbone = optax.transforms.conditionally_mask(backbone, lambda count: count >= freeze)
     return optax.multi_transform(
         {"head": head, "backbone": backbone},
-        lambda params: jax.tree_util.tree_map_with_path(lambda path, _: "head" if is_head(path) else "backbone",
-                                                        params),
+        lambda params: jax.tree_util.tree_map_with_path(
+            lambda path, _: "head" if is_head(path) else "backbone", params
+        ),
     )

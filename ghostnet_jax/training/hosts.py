@@ -42,7 +42,7 @@ BARRIER_TIMEOUT_S = 30 * 60
 def _coordinator():
     """JAX's distributed client: its coordination service holds barriers and a key-value store that need no
     device collective (private in JAX; Orbax reaches it the same way)."""
-    return jax._src.distributed.global_state.client  # noqa: SLF001
+    return jax._src.distributed.global_state.client
 
 
 def barrier(name: str) -> None:
@@ -61,8 +61,9 @@ def codes_of_all(name: str, code: int) -> list[int]:
         return [code]
     client = _coordinator()
     client.key_value_set(f"{name}/{jax.process_index()}", str(code))
-    return [int(client.blocking_key_value_get(f"{name}/{k}", BARRIER_TIMEOUT_S * 1000))
-            for k in range(jax.process_count())]
+    return [
+        int(client.blocking_key_value_get(f"{name}/{k}", BARRIER_TIMEOUT_S * 1000)) for k in range(jax.process_count())
+    ]
 
 
 def _mesh(devices: list) -> jax.sharding.Mesh:

@@ -34,8 +34,12 @@ class MetricRecords:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:
-                    logging.warning("dropping line %d of %s, which does not parse (a write cut short): %r",
-                                    number, self.path, line[:200])
+                    logging.warning(
+                        "dropping line %d of %s, which does not parse (a write cut short): %r",
+                        number,
+                        self.path,
+                        line[:200],
+                    )
                     continue
                 if record["step"] <= start_step:
                     kept.append(line if line.endswith("\n") else line + "\n")

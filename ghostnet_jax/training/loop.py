@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -73,8 +74,9 @@ def student_model(config: ml_collections.ConfigDict, num_classes: int, overrides
 def pmap_train_step(step: Callable, devices: list | None = None) -> Callable:
     """The train step pmapped as training runs it: state, rest and teacher replicated (and the state donated),
     the batch split over `devices` (None: every device)."""
-    return jax.pmap(step, axis_name=AXIS, in_axes=(None, None, None, 0), out_axes=None, donate_argnums=(0,),
-                    devices=devices)
+    return jax.pmap(
+        step, axis_name=AXIS, in_axes=(None, None, None, 0), out_axes=None, donate_argnums=(0,), devices=devices
+    )
 
 
 def pmap_eval_step(step: Callable, devices: list | None = None) -> Callable:
@@ -171,8 +173,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if is_main and not read_only:
         workdir.mkdir(parents=True, exist_ok=True)
     graphdef, params, batch_stats, rest = split_model(model)
-    spec = model_spec(config.model.name, num_classes=info.num_classes, overrides=overrides, fused=False,
-                      data=model_inputs.from_data_config(config.data))
+    spec = model_spec(
+        config.model.name,
+        num_classes=info.num_classes,
+        overrides=overrides,
+        fused=False,
+        data=model_inputs.from_data_config(config.data),
+    )
 
     steps_per_epoch, total_steps = step_counts(config, info.num_train)
     schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.num_epochs)
@@ -181,8 +188,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     hosts.barrier("started")  # before Orbax's first collective: start-ups (preparing a dataset) may differ by minutes
     asynchronous = platform != "cpu" if config.async_checkpointing is None else config.async_checkpointing
-    checkpointer = TrainCheckpointer(workdir / "checkpoints", keep=config.keep_checkpoints, spec=spec,
-                                     read_only=read_only, asynchronous=asynchronous)
+    checkpointer = TrainCheckpointer(
+        workdir / "checkpoints", keep=config.keep_checkpoints, spec=spec, read_only=read_only, asynchronous=asynchronous
+    )
     configs = RunConfigs(workdir, config)
     if not read_only:
         configs.check_resume(checkpoints_exist=bool(checkpointer.steps()))
@@ -209,8 +217,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     teacher_variables = hosts.replicated(teacher_variables)  # placed once, not sent to every device at every step
     p_train_steps = {
-        frozen: pmap_train_step(make_train_step(graphdef, tx, schedule, config, info.num_classes, teacher_graphdef,
-                                                view, platform=platform, frozen_backbone=frozen))
+        frozen: pmap_train_step(
+            make_train_step(
+                graphdef,
+                tx,
+                schedule,
+                config,
+                info.num_classes,
+                teacher_graphdef,
+                view,
+                platform=platform,
+                frozen_backbone=frozen,
+            )
+        )
         for frozen in (False, True)
     }  # each compiled when first called: the frozen one only for fine-tuning
     batches = prefetch_to_device(

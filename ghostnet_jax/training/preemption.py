@@ -41,8 +41,11 @@ def install() -> None:
 
 
 def _exit_before_training(signum, frame) -> NoReturn:
-    logging.warning("SIGTERM before the training loop started: nothing to checkpoint since the last checkpoint; "
-                    "exiting with code %d (rerun the same command to resume)", PREEMPTED_EXIT_CODE)
+    logging.warning(
+        "SIGTERM before the training loop started: nothing to checkpoint since the last checkpoint; "
+        "exiting with code %d (rerun the same command to resume)",
+        PREEMPTED_EXIT_CODE,
+    )
     exit_at_once(PREEMPTED_EXIT_CODE)
 
 

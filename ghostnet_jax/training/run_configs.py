@@ -54,7 +54,8 @@ class RunConfigs:
         """Raises `ConfigChangedError` if checkpoints will be resumed with a changed config that was not allowed."""
         if checkpoints_exist and self.differences and not self.config.allow_config_change:
             raise ConfigChangedError(
-                f"the run in {self.workdir} was written with another config: " + "; ".join(self.differences)
+                f"the run in {self.workdir} was written with another config: "
+                + "; ".join(self.differences)
                 + ". Nothing was changed. Resume with the saved config, use a new --workdir, or pass "
                 "--config.allow_config_change=True to continue with this one (both configs are kept)."
             )
@@ -69,6 +70,10 @@ class RunConfigs:
             write_atomically(self.workdir / FIRST, text)
         elif self.differences:
             name = f"config.step-{start_step}.json"
-            logging.warning("resuming at step %d with a changed config (kept as %s): %s", start_step, name,
-                            "; ".join(self.differences))
+            logging.warning(
+                "resuming at step %d with a changed config (kept as %s): %s",
+                start_step,
+                name,
+                "; ".join(self.differences),
+            )
             write_atomically(self.workdir / name, text)

@@ -31,7 +31,9 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State, 
     return nnx.split(model, nnx.Param, nnx.BatchStat, ...)
 
 
-def create_train_state(params: nnx.State, batch_stats: nnx.State, tx: optax.GradientTransformation, seed: int) -> TrainState:
+def create_train_state(
+    params: nnx.State, batch_stats: nnx.State, tx: optax.GradientTransformation, seed: int
+) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,

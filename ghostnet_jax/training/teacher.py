@@ -8,7 +8,8 @@ The official GhostNetV3 trainer feeds the teacher the student's augmented batch,
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import jax
 import ml_collections
@@ -36,8 +37,12 @@ class TeacherView:
     offset: tuple[float, ...] | None = None
 
     @classmethod
-    def between(cls, size: int | None, student: tuple[Sequence[float], Sequence[float]],
-                teacher: tuple[Sequence[float], Sequence[float]]) -> TeacherView:
+    def between(
+        cls,
+        size: int | None,
+        student: tuple[Sequence[float], Sequence[float]],
+        teacher: tuple[Sequence[float], Sequence[float]],
+    ) -> TeacherView:
         """The view for a teacher normalised with `teacher` = (mean, std) from a batch normalised with `student`."""
         (student_mean, student_std), (teacher_mean, teacher_std) = student, teacher
         if tuple(student_mean) == tuple(teacher_mean) and tuple(student_std) == tuple(teacher_std):
@@ -67,7 +72,8 @@ class TeacherView:
 def teacher_view(config: ml_collections.ConfigDict, channels: int, spec: dict[str, Any] | None = None) -> TeacherView:
     """The `TeacherView` the config asks for: distill.teacher_size, and the teacher's mean/std (0..1 units) from
     distill.teacher_mean/std, else from the teacher checkpoint's `spec` (what it was trained with, or the
-    converter's --mean/--std), else the student's data.mean/std; averaged to one value for a greyscale dataset as the student's are."""
+    converter's --mean/--std), else the student's data.mean/std; averaged to one value for a greyscale dataset as
+    the student's are."""
     if config.distill.teacher_mean:
         constants, field = (config.distill.teacher_mean, config.distill.teacher_std), "distill.teacher_mean/std"
     elif spec and "data" in spec:
