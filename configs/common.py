@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from ghostnet_jax.data.pipeline import default_data_config
-from ghostnet_jax.training.compilation_cache import default_directory
+from ghostnet_jax.compilation_cache import default_directory
 
 
 def base_config() -> ml_collections.ConfigDict:

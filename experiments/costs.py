@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ghostnet_jax.checkpoint import load_model
+from ghostnet_jax.model_checkpoint import load_model
 from ghostnet_jax.models import fuse
 from ghostnet_jax.summary import count_macs, count_params
 

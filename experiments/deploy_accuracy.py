@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from ghostnet_jax.checkpoint import load_model
+from ghostnet_jax.model_checkpoint import load_model
 from ghostnet_jax.data import pipeline
-from ghostnet_jax.evaluate import add_transform_arguments, data_config
+from ghostnet_jax.tool_inputs import add_transform_arguments, data_config
 from ghostnet_jax.export.calibration import calibration_batches
 from ghostnet_jax.export.deploy import inference_function
 from ghostnet_jax.export.litert import export_litert

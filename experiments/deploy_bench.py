@@ -111,7 +111,7 @@ def export_files(name: str, size: int, directory: str, runtimes: list[str]) -> d
     import torch
 
     from experiments.deploy_accuracy import litert_runner, onnx_runner
-    from ghostnet_jax.checkpoint import save_model
+    from ghostnet_jax.model_checkpoint import save_model
     from ghostnet_jax.convert import convert_state_dict
     from ghostnet_jax.export.deploy import inference_function
     from ghostnet_jax.export.litert import export_litert
@@ -211,7 +211,7 @@ def jit_forward(path: Path, threads: int):
     import jax
     from flax import nnx
 
-    from ghostnet_jax.checkpoint import load_model
+    from ghostnet_jax.model_checkpoint import load_model
     from ghostnet_jax.models import fold_batchnorm
 
     model, _ = load_model(path, dtype="float32")

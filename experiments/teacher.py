@@ -14,11 +14,11 @@ from typing import Any
 import ml_collections
 
 from experiments.records import TEACHER_EVAL, git_state, read_json, write_json
-from ghostnet_jax.checkpoint import load_model
+from ghostnet_jax.model_checkpoint import load_model
 from ghostnet_jax.data.pipeline import dataset_info, eval_batches
-from ghostnet_jax.evaluate import accuracy
+from ghostnet_jax.training.evaluation import evaluate_model
 from ghostnet_jax.storage import storage_path
-from ghostnet_jax.training.loop import resolve_dtype
+from ghostnet_jax.training.student import resolve_dtype
 from ghostnet_jax.training.teacher import check_teacher_fits
 
 
@@ -49,7 +49,7 @@ def record_teacher_accuracy(config: ml_collections.ConfigDict, root: Path) -> di
         raise ValueError(f"--teacher {teacher!r}: {error}") from error
     info = dataset_info(config.data)
     check_teacher_fits(spec, teacher, info.num_classes, info.channels)
-    result = accuracy(model, eval_batches(config.data, global_batch_size=config.batch_size))
+    result = evaluate_model(model, eval_batches(config.data, global_batch_size=config.batch_size))
     record = {
         "checkpoint": teacher,
         "model": spec["name"],

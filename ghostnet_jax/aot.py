@@ -32,17 +32,12 @@ from ghostnet_jax.data.pipeline import DatasetInfo, dataset_info
 from ghostnet_jax.models import fuse
 from ghostnet_jax.tpu_topologies import GIB, Topology, topology
 from ghostnet_jax.training.config_check import validate_config
-from ghostnet_jax.training.loop import (
-    model_overrides,
-    pmap_eval_step,
-    pmap_train_step,
-    step_counts,
-    student_model,
-)
+from ghostnet_jax.training.loop import step_counts
 from ghostnet_jax.training.finetune import training_optimizer
 from ghostnet_jax.training.optim import learning_rate_schedule
 from ghostnet_jax.training.state import create_train_state, split_model
-from ghostnet_jax.training.steps import make_eval_step, make_train_step
+from ghostnet_jax.training.steps import make_eval_step, make_train_step, pmap_eval_step, pmap_train_step
+from ghostnet_jax.training.student import model_overrides, student_model
 from ghostnet_jax.training.teacher import load_teacher
 
 IMAGENET_TRAIN_IMAGES = 1_281_167

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ghostnet_jax.checkpoint import key_problems, model_spec, save_model, seeded
+from ghostnet_jax.model_checkpoint import key_problems, model_spec, save_model, seeded
 from ghostnet_jax.data import model_inputs
 from ghostnet_jax.models import allowed_overrides, create_model, fuse
 from ghostnet_jax.models.registry import VARIANTS, teacher_family
@@ -173,7 +173,7 @@ def from_torch(
 def convert_state_dict(
     name: str, state_dict: Mapping[str, Any], *, use_ema: bool = True, num_classes: int | None = None, **overrides: Any
 ) -> tuple[GhostNet, dict[str, Any]]:
-    """`from_torch`, also returning the model's checkpoint spec (see `ghostnet_jax.checkpoint`)."""
+    """`from_torch`, also returning the model's checkpoint spec (see `ghostnet_jax.model_checkpoint`)."""
     arrays = normalise_state_dict(state_dict, use_ema=use_ema)
     described = f"{name} with {overrides}" if overrides else name
     if family := teacher_family(name):

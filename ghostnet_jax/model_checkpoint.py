@@ -1,4 +1,5 @@
-"""Model checkpoints shared by the converter and training: an Orbax `CheckpointManager` directory.
+"""A saved network for use (convert, evaluate, predict, export, teachers): its weights and its spec, as an Orbax
+`CheckpointManager` directory shared by the converter and training.
 
 Every step directory holds the item `model` (parameters and BatchNorm statistics, as a nested dict) and
 the item `spec` (JSON: registry name, num_classes, overrides, whether the model is fused, and optionally the
@@ -85,7 +86,7 @@ def load_model(
         abstract = jax.tree.map(
             lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), weights.to_pure_dict()
         )
-        problems = _shape_problems(_shapes(abstract), _shapes(manager.item_metadata(step)[MODEL_ITEM]))
+        problems = _shape_problems(array_shapes(abstract), array_shapes(manager.item_metadata(step)[MODEL_ITEM]))
         if problems:  # checked before restoring: a failed Orbax restore left a callback for a closed event loop
             raise ValueError(
                 f"checkpoint {directory} step {step} does not match its spec {spec}:\n  " + "\n  ".join(problems)
@@ -126,12 +127,15 @@ def _saved_spec(manager: ocp.CheckpointManager, directory: epath.Path, step: int
     return step, manager.restore(step, args=ocp.args.Composite(**{SPEC_ITEM: ocp.args.JsonRestore()}))[SPEC_ITEM]
 
 
-def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    """Dotted path -> shape of every array (or array metadata) in a nested dict."""
-    return {
-        ".".join(str(key.key) for key in path): tuple(leaf.shape)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-    }
+def array_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{'params.stem.conv.kernel': shape, ...} of every array in a tree (nested dicts, a train state, or Orbax's
+    metadata of either, keyed alike)."""
+
+    def name(entry: Any) -> str:
+        return str(getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", entry))))
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {".".join(name(entry) for entry in path): tuple(leaf.shape) for path, leaf in leaves}
 
 
 def _format_keys(title: str, keys: list[str], limit: int = 20) -> str:

@@ -25,11 +25,11 @@ import numpy as np
 import tensorflow as tf
 from flax import nnx
 
-from ghostnet_jax.checkpoint import load_model
+from ghostnet_jax.model_checkpoint import load_model
 from ghostnet_jax.data import model_inputs, pipeline, transforms
-from ghostnet_jax.evaluate import add_transform_arguments, apply_checkpoint_inputs
+from ghostnet_jax.tool_inputs import add_transform_arguments, apply_checkpoint_inputs, check_checkpoint_argument
 from ghostnet_jax.storage import storage_path, write_atomically
-from ghostnet_jax.training.compilation_cache import add_cache_argument, use_compilation_cache
+from ghostnet_jax.compilation_cache import add_cache_argument, use_compilation_cache
 
 
 def load_image(
@@ -110,8 +110,7 @@ def main(argv: list[str] | None = None) -> list[list[tuple[str, float]]]:
     add_cache_argument(parser)
     args = parser.parse_args(argv)
     use_compilation_cache(args.compilation_cache_dir)
-    if not storage_path(args.checkpoint).is_dir():  # a local path or a URL such as gs://
-        parser.error(f"--checkpoint {args.checkpoint!r} is not a directory")
+    check_checkpoint_argument(parser, args)
     try:
         model, spec = load_model(args.checkpoint, step=args.step, dtype=args.dtype)
     except (FileNotFoundError, ValueError) as error:  # no such step, no complete checkpoint, a bad dtype

@@ -21,7 +21,9 @@ if _OWNS_TEST_CACHE:
     os.environ["GHOSTNET_JAX_TEST_CACHE"] = tempfile.mkdtemp(prefix="ghostnet_jax_tests_")
 os.environ["XDG_CACHE_HOME"] = os.environ["GHOSTNET_JAX_TEST_CACHE"]
 
-# torch must be imported before tensorflow: the other order segfaults in this stack.
+# timm (torch, and triton through torch's compiler) must be imported before tensorflow: the other order segfaults in
+# this stack.
+import timm as _timm  # noqa: F401
 import torch
 import jax
 import jax.numpy as jnp
@@ -30,7 +32,7 @@ import pytest
 from flax import nnx
 
 from ghostnet_jax.models.layers import BatchNorm
-from ghostnet_jax.training.compilation_cache import default_directory, use_compilation_cache
+from ghostnet_jax.compilation_cache import default_directory, use_compilation_cache
 
 use_compilation_cache(default_directory())
 

@@ -19,8 +19,9 @@ from jax.sharding import Mesh, PartitionSpec
 from configs.v3 import get_config
 from ghostnet_jax import aot
 from ghostnet_jax.tpu_topologies import CHIPS, known_topologies, topology
-from ghostnet_jax.training.loop import pmap_train_step
-from ghostnet_jax.training.steps import AXIS, make_train_step
+from ghostnet_jax.training.steps import pmap_train_step
+from ghostnet_jax.training.hosts import AXIS
+from ghostnet_jax.training.steps import make_train_step
 
 ROOT = Path(__file__).resolve().parent.parent
 PER_CHIP = 8

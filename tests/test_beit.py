@@ -9,7 +9,7 @@ from flax import nnx
 
 from configs.common import base_config
 from conftest import jit_forward
-from ghostnet_jax.checkpoint import load_model
+from ghostnet_jax.model_checkpoint import load_model
 from ghostnet_jax.convert import from_torch, main as convert_main
 from ghostnet_jax.models import create_model, list_models
 from ghostnet_jax.models.beit import VARIANTS, relative_position_index

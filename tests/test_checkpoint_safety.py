@@ -9,7 +9,7 @@ import shutil
 import jax
 import pytest
 
-from ghostnet_jax.training.checkpointing import CheckpointMismatchError, CheckpointReadError
+from ghostnet_jax.training.run_checkpoints import CheckpointMismatchError, CheckpointReadError
 from ghostnet_jax.training.loop import train_and_evaluate
 from ghostnet_jax.training.run_configs import ConfigChangedError
 from tests.test_train_loop import tiny_config

@@ -19,7 +19,7 @@ PROGRAM = """
 import sys
 import jax
 import jax.numpy as jnp
-from ghostnet_jax.training.compilation_cache import default_directory, use_compilation_cache
+from ghostnet_jax.compilation_cache import default_directory, use_compilation_cache
 use_compilation_cache(sys.argv[1] if len(sys.argv) > 1 else default_directory())
 jax.block_until_ready(jnp.sin(jnp.arange(7.0)))
 """

@@ -9,7 +9,7 @@ import torch
 from flax import nnx
 
 from conftest import jit_forward, randomise_torch_batchnorm
-from ghostnet_jax.checkpoint import load_model, model_spec, save_model
+from ghostnet_jax.model_checkpoint import load_model, model_spec, save_model
 from ghostnet_jax.convert import from_torch, main as convert_main
 from ghostnet_jax.models import create_model, list_models
 

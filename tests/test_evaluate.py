@@ -12,10 +12,11 @@ from flax import nnx
 from PIL import Image
 
 from ghostnet_jax import evaluate, predict
-from ghostnet_jax.checkpoint import load_model, model_spec, save_model
+from ghostnet_jax.model_checkpoint import load_model, model_spec, save_model
 from configs import v3
 from ghostnet_jax.data import model_inputs, pipeline, transforms
 from ghostnet_jax.models import create_model
+from ghostnet_jax.tool_inputs import data_config
 
 OVERRIDES = {"width": 0.25, "in_chans": 1}
 
@@ -56,7 +57,7 @@ def test_evaluate_counts_top1_top5_and_leaves_checkpoint_alone(checkpoint, data_
 
     model, spec = load_model(checkpoint)
     forward = nnx.jit(lambda model, image: model(image))
-    data = evaluate.data_config(evaluate.build_parser().parse_args(argv), spec)
+    data = data_config(evaluate.build_parser().parse_args(argv), spec)
     logits, labels = [], []
     for batch in pipeline.eval_batches(data, global_batch_size=16):
         keep = batch["mask"].reshape(-1) > 0
@@ -176,5 +177,5 @@ def test_predict_and_evaluate_use_the_transform_and_names_the_checkpoint_records
     names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
     assert [name for name, _ in results[0]] == [names[i] for i in np.argsort(-logits, kind="stable")[:5]]
 
-    data = evaluate.data_config(evaluate.build_parser().parse_args(["--checkpoint", directory]), spec)
+    data = data_config(evaluate.build_parser().parse_args(["--checkpoint", directory]), spec)
     assert (data.name, data.image_size, data.eval_crop_pct) == ("fashion_mnist_debian", 36, 1.0)

@@ -21,7 +21,7 @@ from experiments.overrides import load_config
 from experiments.records import CONFIG, METRICS, REPO, RUN_INFO, TEACHER, TEACHER_EVAL, eval_records, run_dir
 from experiments.scales import LONG_ARMS, SCALES
 from experiments.stats import AGREES, DISAGREES, INCONCLUSIVE, NOT_RUN, difference, overall
-from ghostnet_jax.checkpoint import model_spec, save_model
+from ghostnet_jax.model_checkpoint import model_spec, save_model
 from ghostnet_jax.models import create_model
 from ghostnet_jax.summary import count_params
 from ghostnet_jax.training.config_diff import config_differences

@@ -16,7 +16,7 @@ from flax import nnx
 
 from conftest import jit_forward
 from experiments import deploy_accuracy
-from ghostnet_jax.checkpoint import model_spec, save_model
+from ghostnet_jax.model_checkpoint import model_spec, save_model
 from ghostnet_jax.convert import convert_state_dict
 from ghostnet_jax.data import pipeline
 from ghostnet_jax.export.cli import main as export_main

@@ -20,7 +20,7 @@ import torch
 from flax import nnx, traverse_util
 
 from conftest import randomise_jax_batchnorm
-from ghostnet_jax.checkpoint import model_spec, save_model
+from ghostnet_jax.model_checkpoint import model_spec, save_model
 from ghostnet_jax.convert import main as convert_main
 from ghostnet_jax.models import create_model, fuse
 from ghostnet_jax.training.finetune import init_from, training_optimizer

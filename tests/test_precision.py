@@ -11,7 +11,7 @@ from flax import nnx
 
 from configs import v3
 from conftest import jit_forward, randomise_jax_batchnorm
-from ghostnet_jax.checkpoint import load_model, model_spec, save_model
+from ghostnet_jax.model_checkpoint import load_model, model_spec, save_model
 from ghostnet_jax.convert import from_torch
 from ghostnet_jax.models import create_model, fuse
 from ghostnet_jax.models.layers import Conv2d

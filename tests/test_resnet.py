@@ -14,7 +14,7 @@ import torch
 from flax import nnx
 
 from conftest import jit_forward, randomise_torch_batchnorm
-from ghostnet_jax.checkpoint import save_model
+from ghostnet_jax.model_checkpoint import save_model
 from ghostnet_jax.convert import convert_state_dict, from_torch
 from ghostnet_jax.models import create_model, list_models
 from ghostnet_jax.models.resnet import VARIANTS

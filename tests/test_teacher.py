@@ -20,7 +20,8 @@ from ghostnet_jax.training.config_check import validate_config
 from ghostnet_jax.training.losses import kd_loss
 from ghostnet_jax.training.optim import create_optimizer
 from ghostnet_jax.training.state import create_train_state, split_model
-from ghostnet_jax.training.steps import AXIS, TEACHER_SCOPE, make_train_step
+from ghostnet_jax.training.hosts import AXIS
+from ghostnet_jax.training.steps import TEACHER_SCOPE, make_train_step
 from ghostnet_jax.training.teacher import TeacherView, teacher_view
 
 

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from configs import resnet, v1
-from ghostnet_jax.checkpoint import load_model, model_spec, save_model
+from ghostnet_jax.model_checkpoint import load_model, model_spec, save_model
 from ghostnet_jax.models import create_model
 from ghostnet_jax.models.resnet import ResNet
 from ghostnet_jax.training.loop import NonFiniteLossError, _all_finite, train_and_evaluate

@@ -14,7 +14,8 @@ from ghostnet_jax.training.losses import cross_entropy, distillation_loss, kd_lo
 from ghostnet_jax.training.mixup import mix_batch
 from ghostnet_jax.training.optim import create_optimizer, learning_rate_schedule, weight_decay_mask
 from ghostnet_jax.training.state import create_train_state, ema_decay, ema_update, split_model
-from ghostnet_jax.training.steps import AXIS, make_train_step
+from ghostnet_jax.training.hosts import AXIS
+from ghostnet_jax.training.steps import make_train_step
 
 
 def softmax(x):

@@ -17,15 +17,19 @@ import argparse
 import os
 import tempfile
 
-from ghostnet_jax.checkpoint import load_model
-from ghostnet_jax.evaluate import add_transform_arguments, apply_checkpoint_inputs, data_config
+from ghostnet_jax.model_checkpoint import load_model
+from ghostnet_jax.tool_inputs import (
+    add_transform_arguments,
+    apply_checkpoint_inputs,
+    check_checkpoint_argument,
+    data_config,
+)
 from ghostnet_jax.export.calibration import calibration_batches
 from ghostnet_jax.export.deploy import inference_function
 from ghostnet_jax.export.litert import export_litert
 from ghostnet_jax.export.onnx_format import export_onnx, quantize_onnx
 from ghostnet_jax.export.stablehlo import export_stablehlo
-from ghostnet_jax.storage import storage_path
-from ghostnet_jax.training.compilation_cache import add_cache_argument, use_compilation_cache
+from ghostnet_jax.compilation_cache import add_cache_argument, use_compilation_cache
 
 FORMATS = ("onnx", "tflite", "stablehlo")
 
@@ -49,8 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Every mistake in the command line, reported before anything is loaded."""
-    if not storage_path(args.checkpoint).is_dir():  # a local path or a URL such as gs://
-        parser.error(f"--checkpoint {args.checkpoint!r} is not a directory")
+    check_checkpoint_argument(parser, args)
     directory = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(directory):
         parser.error(f"--output {args.output!r}: directory {directory!r} does not exist")

@@ -13,7 +13,7 @@ import ml_collections
 import optax
 from flax import nnx, traverse_util
 
-from ghostnet_jax.checkpoint import key_problems, load_model
+from ghostnet_jax.model_checkpoint import key_problems, load_model
 from ghostnet_jax.models.layers import BatchNorm
 from ghostnet_jax.training.optim import create_optimizer
 

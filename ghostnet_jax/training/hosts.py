@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-MESH_AXIS = "batch"
+AXIS = "batch"  # the device axis: the pmapped steps' collectives and the mesh of the global arrays
 
 
 def initialize(distributed: ml_collections.ConfigDict) -> None:
@@ -67,7 +67,7 @@ def codes_of_all(name: str, code: int) -> list[int]:
 
 
 def _mesh(devices: list) -> jax.sharding.Mesh:
-    return jax.sharding.Mesh(np.array(devices), (MESH_AXIS,))
+    return jax.sharding.Mesh(np.array(devices), (AXIS,))
 
 
 def replicated(tree):

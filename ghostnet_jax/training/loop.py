@@ -4,29 +4,23 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
-from flax import nnx
 
-from ghostnet_jax.checkpoint import model_spec, model_variables
+from ghostnet_jax.model_checkpoint import model_spec, model_variables
 from ghostnet_jax.data import model_inputs
 from ghostnet_jax.data.pipeline import (
     dataset_info,
-    eval_batches,
     prefetch_to_device,
     resolve_folder_splits,
     train_batches,
 )
-from ghostnet_jax.models import allowed_overrides, create_model, fuse
 from ghostnet_jax.storage import storage_path
 from ghostnet_jax.training import hosts
-from ghostnet_jax.training.checkpointing import BEST_METRIC, TrainCheckpointer
-from ghostnet_jax.training.compilation_cache import use_compilation_cache
+from ghostnet_jax.training.run_checkpoints import BEST_METRIC, TrainCheckpointer
+from ghostnet_jax.compilation_cache import use_compilation_cache
 from ghostnet_jax.training.config_check import validate_config
 from ghostnet_jax.training.logger import MetricLogger
 from ghostnet_jax.training.finetune import init_from, training_optimizer
@@ -34,89 +28,14 @@ from ghostnet_jax.training.optim import learning_rate_schedule
 from ghostnet_jax.training.preemption import Preempted, Preemption
 from ghostnet_jax.training.run_configs import RunConfigs
 from ghostnet_jax.training.state import TrainState, create_train_state, split_model
-from ghostnet_jax.training.steps import AXIS, make_eval_step, make_train_step
+from ghostnet_jax.training.evaluation import Evaluator
+from ghostnet_jax.training.steps import make_train_step, pmap_train_step
+from ghostnet_jax.training.student import model_overrides, student_model
 from ghostnet_jax.training.teacher import load_teacher
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; the run stops and nothing from after the last good checkpoint is saved."""
-
-
-def resolve_dtype(dtype: str, platform: str | None = None) -> str:
-    """'auto' is bfloat16 for TPU and GPU and float32 for CPU (XLA's CPU backend runs bfloat16 several times slower);
-    `platform` is that of the devices the run is for (None: JAX's default backend)."""
-    if dtype != "auto":
-        return dtype
-    return "float32" if (platform or jax.default_backend()) == "cpu" else "bfloat16"
-
-
-def model_overrides(config: ml_collections.ConfigDict, channels: int, platform: str | None = None) -> dict[str, Any]:
-    """The config's model overrides that are set (not None), checked against what the variant accepts, with the
-    dtype resolved for `platform` (as in `resolve_dtype`)."""
-    overrides = {k: v for k, v in config.model.items() if k != "name" and v is not None}
-    not_allowed = set(overrides) - allowed_overrides(config.model.name)
-    if not_allowed:
-        raise ValueError(f"config.model.{sorted(not_allowed)[0]} does not apply to {config.model.name}")
-    return {**overrides, "in_chans": channels, "dtype": resolve_dtype(config.model.dtype, platform)}
-
-
-def student_model(config: ml_collections.ConfigDict, num_classes: int, overrides: dict[str, Any]) -> nnx.Module:
-    """The network the config trains, as its train step runs it: remat and cross-device BatchNorm applied.
-    Call it under `nnx.eval_shape` for shapes only (ahead-of-time compilation)."""
-    model = create_model(config.model.name, num_classes=num_classes, rngs=nnx.Rngs(config.seed), **overrides)
-    if config.remat != "none":  # GhostNets only (validate_config)
-        model.remat = config.remat
-    if config.cross_device_bn:
-        model.set_attributes(axis_name=AXIS, raise_if_not_found=False)
-    return model
-
-
-def pmap_train_step(step: Callable, devices: list | None = None) -> Callable:
-    """The train step pmapped as training runs it: state, rest and teacher replicated (and the state donated),
-    the batch split over `devices` (None: every device)."""
-    return jax.pmap(
-        step, axis_name=AXIS, in_axes=(None, None, None, 0), out_axes=None, donate_argnums=(0,), devices=devices
-    )
-
-
-def pmap_eval_step(step: Callable, devices: list | None = None) -> Callable:
-    """The eval step pmapped as evaluation runs it: variables replicated, the batch split over `devices`."""
-    return jax.pmap(step, axis_name=AXIS, in_axes=(None, 0), devices=devices)
-
-
-class Evaluator:
-    """Evaluates parameters on the eval split, with V3 fused first (what a deployed model runs; for models
-    without re-parameterised branches `fuse` is an eval-mode copy)."""
-
-    def __init__(self, model: nnx.Module, config: ml_collections.ConfigDict):
-        self.template = nnx.clone(model)
-        self.template.eval()
-        self.config = config
-        self._steps: dict[Any, Callable] = {}
-
-    def model_with(self, params: nnx.State, batch_stats: nnx.State) -> nnx.Module:
-        """The (unfused) eval-mode model holding these parameters and statistics."""
-        nnx.update(self.template, jax.device_get(params), jax.device_get(batch_stats))
-        return self.template
-
-    def deploy_model(self, params: nnx.State, batch_stats: nnx.State) -> nnx.Module:
-        model = self.model_with(params, batch_stats)
-        return fuse(model)
-
-    def __call__(self, params: nnx.State, batch_stats: nnx.State) -> dict[str, float]:
-        graphdef, variables = nnx.split(self.deploy_model(params, batch_stats))
-        variables = hosts.replicated(variables)  # placed once per evaluation, not sent again with every batch
-        if graphdef not in self._steps:
-            platform = jax.local_devices()[0].platform
-            self._steps[graphdef] = pmap_eval_step(make_eval_step(graphdef, platform=platform))
-        step = self._steps[graphdef]
-        totals = None
-        for batch in prefetch_to_device(eval_batches(self.config.data, global_batch_size=self.config.batch_size)):
-            sums = step(variables, batch)
-            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-        totals = jax.device_get(totals)
-        count = float(np.asarray(totals["count"]).reshape(-1)[0])
-        return {k: float(np.asarray(v).reshape(-1)[0]) / count for k, v in totals.items() if k != "count"}
 
 
 @jax.jit

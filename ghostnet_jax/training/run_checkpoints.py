@@ -1,7 +1,8 @@
-"""Training checkpoints: periodic, atomic (Orbax), exactly the latest N plus the best kept, never lost to a restore.
+"""A training run's checkpoints (the train state, and the EMA model as `model_checkpoint` saves one): periodic,
+atomic (Orbax), exactly the latest N plus the best kept, never lost to a restore.
 
 Each step directory holds `train_state` (everything needed to resume bit for bit), plus `model` and
-`spec` in the format of `ghostnet_jax.checkpoint`, holding the EMA weights: so any training run's
+`spec` in the format of `ghostnet_jax.model_checkpoint`, holding the EMA weights: so any training run's
 directory can be loaded by `load_model`, e.g. as a distillation teacher.
 
 A restore tells four outcomes apart, and every process takes the same decision (the worst outcome any of them saw):
@@ -29,7 +30,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from ghostnet_jax.checkpoint import MODEL_ITEM, SPEC_ITEM, STATE_ITEM
+from ghostnet_jax.model_checkpoint import MODEL_ITEM, SPEC_ITEM, STATE_ITEM, array_shapes
 from ghostnet_jax.storage import storage_path
 from ghostnet_jax.training import hosts
 from ghostnet_jax.training.config_diff import spec_differences
@@ -99,16 +100,6 @@ def damage_evidence(error: BaseException) -> bool:
         or bool(n & _DAMAGE_ERRORS)
         for e, status, n in zip(chain, statuses, names)
     )
-
-
-def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    """{'params/stem/conv/kernel': shape, ...} of a state or of Orbax's metadata of one, keyed alike."""
-
-    def name(entry: Any) -> str:
-        return str(getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", entry))))
-
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(name(entry) for entry in path): tuple(leaf.shape) for path, leaf in leaves}
 
 
 class TrainCheckpointer:
@@ -224,7 +215,7 @@ class TrainCheckpointer:
         """True if step's saved train state (per its readable metadata) has other leaves or shapes than `state`."""
         try:
             metadata = self.manager.item_metadata(step)[STATE_ITEM]
-            return _shapes(metadata) != _shapes(state)
+            return array_shapes(metadata) != array_shapes(state)
         except Exception:  # unreadable metadata: the step itself is broken, not the config
             return False
 

@@ -19,7 +19,7 @@ from etils import epath
 
 from ghostnet_jax.storage import write_atomically
 from ghostnet_jax.training import hosts
-from ghostnet_jax.training.checkpointing import CheckpointMismatchError
+from ghostnet_jax.training.run_checkpoints import CheckpointMismatchError
 from ghostnet_jax.training.config_diff import config_differences
 
 FIRST = "config.json"

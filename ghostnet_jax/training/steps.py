@@ -11,12 +11,12 @@ import optax
 from flax import nnx
 
 from ghostnet_jax.models import compiling_for
+from ghostnet_jax.training.hosts import AXIS
 from ghostnet_jax.training.finetune import freeze_batchnorm, stop_backbone_gradients
 from ghostnet_jax.training.losses import distillation_loss, smooth_labels
 from ghostnet_jax.training.mixup import mix_batch
 from ghostnet_jax.training.state import TrainState, ema_decay, ema_update
 
-AXIS = "batch"
 # Names the teacher's ops in jaxprs, HLO and profiles: its cost shows apart, and a test checks none is differentiated.
 TEACHER_SCOPE = "teacher"
 
@@ -115,6 +115,14 @@ def make_train_step(
     return step
 
 
+def pmap_train_step(step: Callable, devices: list | None = None) -> Callable:
+    """The train step pmapped as training runs it: state, rest and teacher replicated (and the state donated),
+    the batch split over `devices` (None: every device)."""
+    return jax.pmap(
+        step, axis_name=AXIS, in_axes=(None, None, None, 0), out_axes=None, donate_argnums=(0,), devices=devices
+    )
+
+
 def make_eval_step(graphdef: nnx.GraphDef, *, platform: str | None = None) -> Callable:
     """Returns step(variables, batch) -> summed metrics over all devices (padding excluded by the mask); `platform`
     as in `make_train_step`."""
@@ -133,3 +141,8 @@ def make_eval_step(graphdef: nnx.GraphDef, *, platform: str | None = None) -> Ca
         return jax.lax.psum(jax.tree.map(jnp.sum, sums), AXIS)
 
     return step
+
+
+def pmap_eval_step(step: Callable, devices: list | None = None) -> Callable:
+    """The eval step pmapped as evaluation runs it: variables replicated, the batch split over `devices`."""
+    return jax.pmap(step, axis_name=AXIS, in_axes=(None, 0), devices=devices)

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from ghostnet_jax.checkpoint import build_model, load_model, load_spec, model_spec
+from ghostnet_jax.model_checkpoint import build_model, load_model, load_spec, model_spec
 from ghostnet_jax.models import list_models
 from ghostnet_jax.data.pipeline import channel_stats
 
