@@ -37,9 +37,10 @@ def test_finetune_demo_writes_two_folders_of_disjoint_classes_and_tabulates_the_
     image = tf.io.decode_png((source / "train" / "Coat" / "4.png").read_bytes()).numpy()
     written = fashion_mnist.read_idx(str(tmp_path / "train-images-idx3-ubyte.gz"))[4]
     np.testing.assert_array_equal(image[:, :, 0], written)
-    results = {200: {"finetune": {0: 0.9, 1: 0.8}, "scratch": {0: 0.5, 1: 0.7}}}
+    results = {200: {"finetune": {0: 0.9, 1: 0.8}, "finetune_full_lr": {0: 0.55}, "scratch": {0: 0.5, 1: 0.7}}}
     text = finetune_demo.markdown(results, 0.95, "python -m experiments.finetune_demo")
-    # means 85.00 and 60.00, sample standard deviations 7.07 and 14.14
-    assert "| 200 | 85.00 ± 7.07 (n = 2) | 60.00 ± 14.14 (n = 2) | +25.00 pp |" in text and "(95.00% on" in text
+    # means 85.00, 55.00 and 60.00, sample standard deviations 7.07, none (one seed) and 14.14
+    assert "| 200 | 85.00 ± 7.07 (n = 2) | 55.00 (n = 1) | 60.00 ± 14.14 (n = 2) | +25.00 pp | -5.00 pp |" in text
+    assert "(95.00% on" in text
     finetune_demo.plot(results, tmp_path / "finetune.png")
     assert (tmp_path / "finetune.png").stat().st_size > 5000
