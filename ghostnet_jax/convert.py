@@ -225,15 +225,15 @@ def load_variables(
     converted = {}
     for key, var in variables:
         if key in arrays:
-            value = _to_jax_layout(key, arrays[key], var.value.ndim)
-            if value.shape != var.value.shape:
-                mismatched.append(f"{key} {tuple(arrays[key].shape)} (expected {tuple(var.value.shape)})")
+            value = _to_jax_layout(key, arrays[key], var.get_value().ndim)
+            if value.shape != var.get_value().shape:
+                mismatched.append(f"{key} {tuple(arrays[key].shape)} (expected {tuple(var.get_value().shape)})")
             converted[key] = value
     problems = key_problems([key for key, _ in variables], arrays.keys(), mismatched)
     if problems:
         raise ValueError(f"checkpoint does not match {described}:\n  " + "\n  ".join(problems))
     for key, var in variables:
-        var.value = jnp.asarray(converted[key])
+        var.set_value(jnp.asarray(converted[key]))
 
 
 def load_checkpoint_file(path: str | Path) -> Mapping[str, Any]:

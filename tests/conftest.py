@@ -61,10 +61,10 @@ def randomise_jax_batchnorm(model: nnx.Module, seed: int = 0) -> None:
     for _, module in nnx.iter_graph(model):
         if isinstance(module, BatchNorm):
             n = module.num_features
-            module.scale.value = rng.uniform(0.5, 1.5, n).astype(np.float32)
-            module.bias.value = rng.uniform(-0.5, 0.5, n).astype(np.float32)
-            module.mean.value = rng.uniform(-0.5, 0.5, n).astype(np.float32)
-            module.var.value = rng.uniform(0.5, 2.0, n).astype(np.float32)
+            module.scale.set_value(rng.uniform(0.5, 1.5, n).astype(np.float32))
+            module.bias.set_value(rng.uniform(-0.5, 0.5, n).astype(np.float32))
+            module.mean.set_value(rng.uniform(-0.5, 0.5, n).astype(np.float32))
+            module.var.set_value(rng.uniform(0.5, 2.0, n).astype(np.float32))
 
 
 _FORWARDS: dict = {}

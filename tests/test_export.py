@@ -122,10 +122,8 @@ def probe(data_dir, tmp_path_factory):
     ridge = 1e-2 * np.trace(design.T @ design) / design.shape[1]
     weights = np.linalg.solve(design.T @ design + ridge * np.eye(design.shape[1]), design.T @ targets)
     kernel, bias = weights[:-1], weights[-1]
-    model.classifier.kernel.value, model.classifier.bias.value = (
-        jnp.asarray(kernel, jnp.float32),
-        jnp.asarray(bias, jnp.float32),
-    )
+    model.classifier.kernel.set_value(jnp.asarray(kernel, jnp.float32))
+    model.classifier.bias.set_value(jnp.asarray(bias, jnp.float32))
     directory = tmp_path_factory.mktemp("probe")
     save_model(
         directory / "checkpoint",

@@ -29,8 +29,8 @@ def test_conv2d_matches_torch_padding_and_layout(kernel, stride, groups, in_ch, 
         in_ch, out_ch, kernel, stride=stride, groups=groups, padding=tuple((k - 1) // 2 for k in conv.kernel_size)
     )
     with torch.no_grad():
-        reference.weight.copy_(torch.from_numpy(np.array(conv.kernel.value).transpose(3, 2, 0, 1)))
-        reference.bias.copy_(torch.from_numpy(np.array(conv.bias.value)))
+        reference.weight.copy_(torch.from_numpy(np.array(conv.kernel.get_value()).transpose(3, 2, 0, 1)))
+        reference.bias.copy_(torch.from_numpy(np.array(conv.bias.get_value())))
     x = np.random.default_rng(2).normal(size=(2, in_ch, 12, 9)).astype(np.float32)
     expected = reference(torch.from_numpy(x)).detach().numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(np.asarray(conv(to_nhwc(x))), expected, atol=1e-5)
@@ -39,7 +39,7 @@ def test_conv2d_matches_torch_padding_and_layout(kernel, stride, groups, in_ch, 
 def test_conv2d_init_is_pytorch_default_uniform():
     conv = Conv2d(16, 32, 3, use_bias=True, rngs=nnx.Rngs(0))
     bound = 1 / np.sqrt(16 * 9)
-    kernel = np.asarray(conv.kernel.value)
+    kernel = np.asarray(conv.kernel.get_value())
     assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.95 * bound
     assert abs(kernel.std() - bound / np.sqrt(3)) < 0.05 * bound  # std of U(-b, b) is b / sqrt(3)
 
@@ -52,8 +52,8 @@ def test_batchnorm_training_matches_torch_including_unbiased_running_var():
         expected = reference(torch.from_numpy(x)).detach().numpy().transpose(0, 2, 3, 1)
         actual = ours(to_nhwc(x))
     np.testing.assert_allclose(np.asarray(actual), expected, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(ours.mean.value), reference.running_mean.numpy(), rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(ours.var.value), reference.running_var.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(ours.mean.get_value()), reference.running_mean.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(ours.var.get_value()), reference.running_var.numpy(), rtol=1e-5)
     reference.eval()
     ours.use_running_average = True
     expected = reference(torch.from_numpy(x)).detach().numpy().transpose(0, 2, 3, 1)
@@ -79,7 +79,8 @@ def test_batchnorm_training_gradients_match_torch_on_one_and_two_devices():
     def gradients(axis_name, x, dy):
         def loss(x, scale, bias):
             bn = BatchNorm(6, axis_name=axis_name)
-            bn.scale.value, bn.bias.value = scale, bias
+            bn.scale.set_value(scale)
+            bn.bias.set_value(bias)
             return jnp.sum(bn(x) * dy)
 
         return jax.grad(loss, argnums=(0, 1, 2))(x, jnp.asarray(scale), jnp.asarray(bias))

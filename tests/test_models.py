@@ -146,10 +146,10 @@ def test_min_input_size_is_where_the_last_dfc_pool_becomes_empty():
 
 def test_train_mode_updates_batch_statistics_and_applies_dropout():
     model = create_model("ghostnet_050", dropout=0.5)
-    before = np.asarray(model.stem.bn.mean.value)
+    before = np.asarray(model.stem.bn.mean.get_value())
     x = images((4, 64, 64, 3))
     first, second = jit_forward(model, x), jit_forward(model, x)
-    assert not np.allclose(np.asarray(model.stem.bn.mean.value), before)
+    assert not np.allclose(np.asarray(model.stem.bn.mean.get_value()), before)
     assert not np.allclose(np.asarray(first), np.asarray(second))  # different dropout masks
     model.eval()
     np.testing.assert_array_equal(np.asarray(jit_forward(model, x)), np.asarray(jit_forward(model, x)))

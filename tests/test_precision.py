@@ -72,7 +72,9 @@ def test_under_bfloat16_the_classifier_computes_in_float32(name, head, overrides
     classifier = getattr(model, head)
     setattr(model, head, None)  # the same network up to the head: it returns the features
     features = np.asarray(jit_forward(model, images), np.float64)
-    expected = features @ np.asarray(classifier.kernel.value, np.float64) + np.asarray(classifier.bias.value)
+    expected = features @ np.asarray(classifier.kernel.get_value(), np.float64) + np.asarray(
+        classifier.bias.get_value()
+    )
     scale = np.abs(expected).max()
     np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-6 * scale)
     rounded = np.asarray(jnp.asarray(expected, BF16), np.float64)

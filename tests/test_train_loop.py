@@ -164,7 +164,7 @@ def test_the_offline_resnet_teacher_preset_trains_and_its_run_loads_as_a_teacher
     }
     graphdef, variables, _ = load_teacher(student, num_classes=10, channels=1, dtype="float32")
     teacher = nnx.merge(graphdef, variables)
-    assert isinstance(teacher, ResNet) and teacher.conv1.kernel.value.shape == (7, 7, 1, 64)
+    assert isinstance(teacher, ResNet) and teacher.conv1.kernel.get_value().shape == (7, 7, 1, 64)
 
 
 IMAGENET_RUN = """

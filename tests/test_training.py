@@ -94,9 +94,9 @@ def test_weight_decay_skips_batchnorm_and_biases():
     model = create_model("ghostnet_050")
     _, params, _, _ = split_model(model)
     mask = weight_decay_mask(params)
-    assert mask["stem"]["conv"]["kernel"].value and mask["classifier"]["kernel"].value
-    assert not mask["stem"]["bn"]["scale"].value and not mask["classifier"]["bias"].value
-    assert not mask["conv_head"]["bias"].value
+    assert mask["stem"]["conv"]["kernel"].get_value() and mask["classifier"]["kernel"].get_value()
+    assert not mask["stem"]["bn"]["scale"].get_value() and not mask["classifier"]["bias"].get_value()
+    assert not mask["conv_head"]["bias"].get_value()
 
 
 def test_mixup_mixes_images_and_targets_with_one_lambda():
@@ -164,7 +164,9 @@ def test_pmapped_step_on_two_devices_equals_one_device_on_the_global_batch():
     assert int(two.step) == 1
     # Without cross-device statistics each device normalises its own half: the results must differ.
     local, _ = run_one_step(jax.local_devices(), images, labels, step_config(cross_device_bn=False))
-    assert not np.allclose(local.batch_stats["stem"]["bn"]["var"].value, one.batch_stats["stem"]["bn"]["var"].value)
+    assert not np.allclose(
+        local.batch_stats["stem"]["bn"]["var"].get_value(), one.batch_stats["stem"]["bn"]["var"].get_value()
+    )
 
 
 def test_sum_weighting_is_the_official_ce_plus_kd_and_convex_half_of_it_at_alpha_half():

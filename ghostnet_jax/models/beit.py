@@ -94,11 +94,13 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         batch, tokens, dim = x.shape
         heads = self.num_heads
-        bias = jnp.concatenate([self.q_bias.value, jnp.zeros_like(self.v_bias.value), self.v_bias.value])
+        bias = jnp.concatenate(
+            [self.q_bias.get_value(), jnp.zeros_like(self.v_bias.get_value()), self.v_bias.get_value()]
+        )
         qkv = self.qkv(x) + bias.astype(x.dtype)
         q, k, v = jnp.moveaxis(qkv.reshape(batch, tokens, 3, heads, dim // heads), 2, 0)
         logits = jnp.einsum("bqhd,bkhd->bhqk", q * (dim // heads) ** -0.5, k, preferred_element_type=jnp.float32)
-        rel_bias = self.relative_position_bias_table.value[relative_position_index(self.grid)]  # q, k, heads
+        rel_bias = self.relative_position_bias_table.get_value()[relative_position_index(self.grid)]  # q, k, heads
         weights = jax.nn.softmax(logits + jnp.transpose(rel_bias, (2, 0, 1)), axis=-1).astype(x.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, tokens, dim)
         return self.proj(out)
@@ -127,8 +129,8 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = x.dtype
-        x = x + self.gamma_1.value.astype(dtype) * self.attn(self.norm1(x))
-        return x + self.gamma_2.value.astype(dtype) * self.mlp(self.norm2(x))
+        x = x + self.gamma_1.get_value().astype(dtype) * self.attn(self.norm1(x))
+        return x + self.gamma_2.get_value().astype(dtype) * self.mlp(self.norm2(x))
 
 
 class Beit(nnx.Module):
@@ -176,7 +178,7 @@ class Beit(nnx.Module):
         x = self.patch_embed(images.astype(self.dtype))
         batch, _, _, dim = x.shape
         x = x.reshape(batch, -1, dim)
-        cls = jnp.broadcast_to(self.cls_token.value.astype(x.dtype), (batch, 1, dim))
+        cls = jnp.broadcast_to(self.cls_token.get_value().astype(x.dtype), (batch, 1, dim))
         x = jnp.concatenate([cls, x], axis=1)
         for block in self.blocks:
             x = block(x)

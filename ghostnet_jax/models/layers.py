@@ -170,7 +170,7 @@ class Conv2d(nnx.Module):
         self.bias = nnx.Param(init(rngs.params(), (out_features,))) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x, kernel = x.astype(self.dtype), self.kernel.value.astype(self.dtype)
+        x, kernel = x.astype(self.dtype), self.kernel.get_value().astype(self.dtype)
         pointwise = self.kernel_size == (1, 1) and self.stride == 1 and self.groups == 1
         depthwise = self.groups == self.in_features == self.out_features
         for_cpu = target_platform() == "cpu"
@@ -190,7 +190,7 @@ class Conv2d(nnx.Module):
                 feature_group_count=self.groups,
             )
         if self.bias is not None:
-            y = y + self.bias.value.astype(self.dtype)
+            y = y + self.bias.get_value().astype(self.dtype)
         return y
 
     def _small_output(self, x: jax.Array) -> bool:
@@ -230,21 +230,21 @@ class BatchNorm(nnx.Module):
         self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale, bias = self.scale.value, self.bias.value
+        scale, bias = self.scale.get_value(), self.bias.get_value()
         if not self.use_running_average:
             y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, self.axis_name)
             count = batch_count(x, self.axis_name)
             unbiased = var * (count / jnp.maximum(count - 1, 1))
             m = self.momentum
-            self.mean.value = m * self.mean.value + (1 - m) * mean
-            self.var.value = m * self.var.value + (1 - m) * unbiased
+            self.mean.set_value(m * self.mean.get_value() + (1 - m) * mean)
+            self.var.set_value(m * self.var.get_value() + (1 - m) * unbiased)
             return y
-        return normalize(x, self.mean.value, self.var.value, scale, bias, self.epsilon)
+        return normalize(x, self.mean.get_value(), self.var.get_value(), scale, bias, self.epsilon)
 
     def fold(self) -> tuple[jax.Array, jax.Array]:
         """(scale, shift) with BN(x) == x * scale + shift in eval mode: the fusion maths' t and b'."""
-        t = self.scale.value * jax.lax.rsqrt(self.var.value + self.epsilon)
-        return t, self.bias.value - self.mean.value * t
+        t = self.scale.get_value() * jax.lax.rsqrt(self.var.get_value() + self.epsilon)
+        return t, self.bias.get_value() - self.mean.get_value() * t
 
 
 class ConvBN(nnx.Module):
@@ -270,7 +270,7 @@ class ConvBN(nnx.Module):
     def folded_kernel_bias(self) -> tuple[jax.Array, jax.Array]:
         """Kernel and bias of the single conv equal to this conv + BN in eval mode."""
         t, shift = self.bn.fold()
-        return self.conv.kernel.value * t, shift
+        return self.conv.kernel.get_value() * t, shift
 
 
 class SqueezeExcite(nnx.Module):

@@ -99,7 +99,8 @@ def conv_with_bias(like: Conv2d, kernel: jax.Array, bias: jax.Array) -> Conv2d:
         dtype=like.dtype,
         rngs=nnx.Rngs(0),
     )
-    conv.kernel.value, conv.bias.value = kernel, bias
+    conv.kernel.set_value(kernel)
+    conv.bias.set_value(bias)
     return conv
 
 

@@ -44,7 +44,7 @@ def _he_normal_fan_out(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) 
 
 def _conv(in_features: int, out_features: int, kernel_size: int, rngs: nnx.Rngs, stride: int = 1) -> Conv2d:
     conv = Conv2d(in_features, out_features, kernel_size, stride=stride, rngs=rngs)
-    conv.kernel.value = _he_normal_fan_out(rngs.params(), conv.kernel.value.shape)
+    conv.kernel.set_value(_he_normal_fan_out(rngs.params(), conv.kernel.get_value().shape))
     return conv
 
 
@@ -67,7 +67,7 @@ class BasicBlock(nnx.Module):
         self.bn1 = BatchNorm(planes)
         self.conv2 = _conv(planes, planes, 3, rngs)
         self.bn2 = BatchNorm(planes)
-        self.bn2.scale.value = jnp.zeros_like(self.bn2.scale.value)
+        self.bn2.scale.set_value(jnp.zeros_like(self.bn2.scale.get_value()))
         needs_projection = stride != 1 or in_features != planes
         self.downsample = Downsample(in_features, planes, stride, rngs) if needs_projection else None
 
@@ -88,7 +88,7 @@ class Bottleneck(nnx.Module):
         self.bn2 = BatchNorm(planes)
         self.conv3 = _conv(planes, out_features, 1, rngs)
         self.bn3 = BatchNorm(out_features)
-        self.bn3.scale.value = jnp.zeros_like(self.bn3.scale.value)
+        self.bn3.scale.set_value(jnp.zeros_like(self.bn3.scale.get_value()))
         needs_projection = stride != 1 or in_features != out_features
         self.downsample = Downsample(in_features, out_features, stride, rngs) if needs_projection else None
 
