@@ -147,6 +147,7 @@ def plot(results: dict[int, dict[str, dict[int, float]]], path: Path) -> None:
         ylabel="EMA top-1 on the target classes (%)",
         title="fine-tune vs from scratch",
     )
+    ax.minorticks_off()  # the budgets alone on the log axis
     ax.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
