@@ -1,5 +1,6 @@
 """Shared fixtures: the timm reference (== the official code) with random weights and BatchNorm statistics."""
 
+import collections
 import fcntl
 import os
 import tempfile
@@ -124,6 +125,32 @@ def _release_compiled_programs():
     _FORWARDS.clear()
     jax.clear_caches()
     gc.collect()
+
+
+# Fixtures that train, build a dataset or compile for a minute or more: a test that uses one is slow whichever
+# test of its module happens to build it (tests marked `slow` themselves take more than about 15 s here).
+SLOW_FIXTURES = {
+    "data_dir",
+    "suite",
+    "cli_report",
+    "v5e_programs",
+    "reference",
+    "probe",
+    "converted",
+    "fashion_config",
+    "checkpoint",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks the tests that use a slow fixture `slow`, then puts the files with the most slow tests first, each
+    file's tests kept together and in order: the workers take whole files in this order, so the longest start early
+    and both workers finish at about the same time."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+    slow_tests = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow_tests[item.path])
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -70,6 +70,7 @@ def v5e_programs():
     return topo, {dtype: aot.Programs(small_config(dtype), topo.devices()) for dtype in ("bfloat16", "float32")}
 
 
+@pytest.mark.slow
 def test_cli_compiles_the_train_step_for_a_v5e_slice_and_writes_the_report(cli_report):
     report, stdout = cli_report
     assert report["compiled"] and report["error"] is None
@@ -87,6 +88,7 @@ def test_cli_compiles_the_train_step_for_a_v5e_slice_and_writes_the_report(cli_r
     assert "train step" in stdout and "v5e-4: 4 chips on 1 host(s)" in stdout
 
 
+@pytest.mark.slow
 def test_tpu_program_holds_depthwise_convolutions_as_xla_convolutions(cli_report, v5e_programs):
     """The kernels follow the target devices: XLA grouped convolutions in the compiled TPU program, where the same
     step traced for the CPU writes depthwise convolutions as shifted multiply-adds."""
@@ -102,6 +104,7 @@ def test_tpu_program_holds_depthwise_convolutions_as_xla_convolutions(cli_report
         assert (aot.grouped_convolutions(lowered) > 10) == grouped, platform
 
 
+@pytest.mark.slow
 def test_bfloat16_needs_less_hbm_and_is_predicted_faster_than_float32(cli_report, v5e_programs):
     report, _ = cli_report
     topo, programs = v5e_programs
@@ -113,6 +116,7 @@ def test_bfloat16_needs_less_hbm_and_is_predicted_faster_than_float32(cli_report
     assert report["predicted_images_per_second_per_chip"] > f32.predicted_images_per_second_per_chip
 
 
+@pytest.mark.slow
 def test_hbm_grows_with_the_per_chip_batch(cli_report, v5e_programs):
     report, _ = cli_report
     topo, programs = v5e_programs
@@ -125,6 +129,7 @@ def test_hbm_grows_with_the_per_chip_batch(cli_report, v5e_programs):
     assert double.bytes_per_image < report["bytes_per_image"]
 
 
+@pytest.mark.slow
 def test_flops_and_bytes_per_image_agree_with_an_independent_compile(cli_report, v5e_programs):
     """The same network's train step compiled here as jit(shard_map) over the same 4 chips, apart from the CLI's
     pmapped path and its per-image accounting: the compiler's counts per chip and image agree with the report's."""
@@ -156,6 +161,7 @@ def test_flops_and_bytes_per_image_agree_with_an_independent_compile(cli_report,
     assert cost["bytes accessed"] / PER_CHIP == pytest.approx(report["bytes_per_image"], rel=0.02)
 
 
+@pytest.mark.slow
 def test_compiles_for_a_two_host_slice():
     topo = topology("v4-16")
     assert (topo.chips, topo.hosts) == (8, 2)

@@ -69,6 +69,7 @@ def test_relative_position_index_matches_timm():
         np.testing.assert_array_equal(relative_position_index(grid), gen_relative_position_index((grid, grid)).numpy())
 
 
+@pytest.mark.slow
 def test_converted_small_model_matches_timm(small_pair):
     _, reference, converted = small_pair
     x = np.random.default_rng(1).normal(size=(2, SMALL, SMALL, 3)).astype(np.float32)
@@ -93,6 +94,7 @@ def test_pooled_features_without_head(small_pair):
     assert_close(np.asarray(jit_forward(features, x)), expected.numpy())
 
 
+@pytest.mark.slow
 def test_bfloat16_keeps_float32_params_and_logits(small_pair):
     name, reference, converted = small_pair
     half = from_torch(name, reference.state_dict(), img_size=SMALL, dtype="bfloat16")
@@ -125,6 +127,7 @@ def test_bad_overrides_are_refused():
         create_model("beit_huge")
 
 
+@pytest.mark.slow
 def test_registry_and_cli_round_trip(pair_of, tmp_path):
     """`--model NAME` of the convert CLI writes a checkpoint that `load_model` (teacher loading) reads back."""
     name, reference, converted = pair_of("beitv2_base_patch16_224")  # the dispatch is the same for both names

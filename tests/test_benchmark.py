@@ -5,11 +5,13 @@ import re
 import sys
 
 import jax
+import pytest
 from flax import nnx
 
 from experiments import benchmark
 
 
+@pytest.mark.slow
 def test_benchmark_runs_both_sides_and_tabulates_the_measured_ratios(tmp_path, monkeypatch):
     out = tmp_path / "bench"
     argv = [
@@ -109,6 +111,7 @@ def test_profile_attributes_traced_time_to_the_compiled_instructions(tmp_path):
     assert "reduce" in categories and categories <= {"reduce", "dot", "convolution", "elementwise", "copy", "tuple"}
 
 
+@pytest.mark.slow
 def test_teacher_suite_times_the_student_alone_and_with_each_teacher(tmp_path, monkeypatch):
     out = tmp_path / "teacher"
     argv = [

@@ -42,6 +42,7 @@ def steps_on_disk(checkpoints) -> set[int]:
     return {int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()}
 
 
+@pytest.mark.slow
 def test_retention_keeps_exactly_the_latest_n_and_the_best(run):
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [2, 4, 6, 8]
@@ -77,6 +78,7 @@ def eval_of_another_model(config):
     ],
     ids=["width", "optimizer", "eval-model"],
 )
+@pytest.mark.slow
 def test_a_config_that_does_not_fit_is_an_error_naming_the_field_and_nothing_moves(
     run, data_dir, tmp_path, change, message
 ):
@@ -89,6 +91,7 @@ def test_a_config_that_does_not_fit_is_an_error_naming_the_field_and_nothing_mov
     assert snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_a_resume_with_another_learning_rate_is_refused_unless_allowed_and_then_every_config_is_kept(
     run, data_dir, tmp_path
 ):
@@ -163,6 +166,7 @@ def garble(step_dir) -> None:
             file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
 
 
+@pytest.mark.slow
 def test_a_step_with_damaged_files_is_set_aside_and_the_previous_one_resumes(run, data_dir, tmp_path):
     workdir = copy_of(run, tmp_path)
     garble(workdir / "checkpoints" / "8")
@@ -173,6 +177,7 @@ def test_a_step_with_damaged_files_is_set_aside_and_the_previous_one_resumes(run
     assert [p.name.split("-")[1] for p in (workdir / "checkpoints").iterdir() if p.name.startswith("corrupt-")] == ["8"]
 
 
+@pytest.mark.slow
 def test_when_no_step_restores_the_run_fails_listing_them_and_never_starts_from_scratch(run, data_dir, tmp_path):
     workdir = copy_of(run, tmp_path)
     kept = sorted(steps_on_disk(workdir / "checkpoints"))

@@ -36,6 +36,7 @@ def assert_matches(model, x, expected):
 
 
 @pytest.mark.parametrize("name", list_models())
+@pytest.mark.slow
 def test_converted_weights_reproduce_timm_logits(timm, name):
     torch_model = reference(timm, name)
     model = from_torch(name, torch_model.state_dict())
@@ -44,6 +45,7 @@ def test_converted_weights_reproduce_timm_logits(timm, name):
 
 
 @pytest.mark.parametrize("name", [n for n in list_models() if n.startswith("ghostnetv3")])
+@pytest.mark.slow
 def test_converted_deploy_form_reproduces_timm(timm, name):
     torch_model = reference(timm, name)
     deployed = timm.utils.reparameterize_model(torch_model)
@@ -54,6 +56,7 @@ def test_converted_deploy_form_reproduces_timm(timm, name):
 
 
 @pytest.mark.parametrize("name", ["ghostnetv2_100", "ghostnetv3_050"])
+@pytest.mark.slow
 def test_train_mode_forward_and_running_statistics_match_timm(timm, name):
     """Training form: batch statistics in every BN (V3: one stacked conv + BN per site) and their updates."""
     torch_model = reference(timm, name).train()
@@ -82,6 +85,7 @@ def official_naming(state_dict):
 
 
 @pytest.mark.parametrize("name", ["ghostnet_100", "ghostnetv2_100", "ghostnetv3_100"])
+@pytest.mark.slow
 def test_official_naming_and_ema_wrapper_convert_to_the_same_model(timm, name):
     torch_model = reference(timm, name)
     ema = reference(timm, name, seed=1)
@@ -117,6 +121,7 @@ def test_mismatched_checkpoints_list_every_problem(timm):
         from_torch("ghostnet_100", reference(timm, "ghostnet_050").state_dict())  # wrong width
 
 
+@pytest.mark.slow
 def test_cli_writes_an_orbax_checkpoint_that_restores_the_same_model(timm, tmp_path):
     torch_model = reference(timm, "ghostnetv3_050")
     torch.save({"state_dict": torch_model.state_dict(), "epoch": 1}, tmp_path / "weights.pth.tar")
@@ -193,6 +198,7 @@ def test_loading_a_missing_checkpoint_names_the_directory(tmp_path):
         load_model(tmp_path / "empty")
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_does_not_match_its_spec_is_an_error_naming_both(tmp_path):
     """The network is built from the spec as shapes only; weights of another width must still be refused."""
     spec = model_spec("ghostnet_100", num_classes=10, overrides={}, fused=False)

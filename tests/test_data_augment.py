@@ -95,6 +95,7 @@ def test_parse_rand_augment_matches_timm():
         augment.parse_rand_augment("augmix-m5")
 
 
+@pytest.mark.slow
 def test_magnitude_sampling_distribution():
     """rand-m9-mstd0.5: gauss(9, 0.5) clipped to [0, 10]; mstd=inf: uniform(0, 9)."""
     n = 4000

@@ -46,6 +46,7 @@ def test_device_count():
     assert jax.local_device_count() == DEVICES
 
 
+@pytest.mark.slow
 def test_fashion_builder_reads_the_debian_files(fashion_config):
     info = pipeline.dataset_info(fashion_config)  # builds it into the tmp data_dir on first use
     assert info == pipeline.DatasetInfo(num_classes=10, channels=1, num_train=60000, num_eval=10000)
@@ -73,6 +74,7 @@ def _subset(data, split):
     return data
 
 
+@pytest.mark.slow
 def test_fashion_train_batches_deterministic_and_resumable(fashion_config):
     fashion_config = _subset(fashion_config, "train[:2000]")
     batches = pipeline.train_batches(fashion_config, global_batch_size=32, seed=3)
@@ -92,6 +94,7 @@ def test_fashion_train_batches_deterministic_and_resumable(fashion_config):
     assert not np.array_equal(next(other_seed)["label"], first[0]["label"])
 
 
+@pytest.mark.slow
 def test_fashion_resume_across_an_epoch_boundary(fashion_config):
     """1000 / 96 = 10.4 batches per epoch: batch 10 spans epochs 0 and 1."""
     data = _subset(fashion_config, "train[:1000]")
@@ -102,6 +105,7 @@ def test_fashion_resume_across_an_epoch_boundary(fashion_config):
     np.testing.assert_array_equal(resumed["image"], next(full)["image"])
 
 
+@pytest.mark.slow
 def test_cached_global_batches_are_the_same_for_any_number_of_processes(fashion_config, monkeypatch):
     """Two processes (two devices each) together yield the one-process batches, also resumed across an epoch edge."""
     data = _subset(fashion_config, "train[:200]")  # 200 / 48 = 4.2 batches per epoch
@@ -137,6 +141,7 @@ def test_fashion_eval_counts_every_example_once(fashion_config):
     )
 
 
+@pytest.mark.slow
 def test_mock_imagenet_train_batches(mock_imagenet):
     assert pipeline.dataset_info(mock_imagenet) == pipeline.DatasetInfo(1000, 3, 12, 10)
     batches = pipeline.train_batches(mock_imagenet, global_batch_size=4, seed=0)

@@ -36,6 +36,7 @@ def _snapshot(directory):
     }
 
 
+@pytest.mark.slow
 def test_evaluate_counts_top1_top5_and_leaves_checkpoint_alone(checkpoint, data_dir):
     before = _snapshot(checkpoint)
     argv = [
@@ -89,6 +90,7 @@ def test_jpeg_decode_equals_pil(mode):
     np.testing.assert_array_equal(decoded.reshape(expected.shape), expected)
 
 
+@pytest.mark.slow
 def test_predict_top5_names_and_probabilities(checkpoint, tmp_path):
     path = str(tmp_path / "shirt.png")
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 30), np.uint8)).save(path)
@@ -134,6 +136,7 @@ def test_predict_names_each_bad_input_in_one_line(checkpoint, tmp_path, capsys):
     assert "is not a directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_predict_takes_a_step_and_a_dtype(checkpoint, tmp_path):
     image = tmp_path / "grey.png"
     Image.fromarray(np.full((40, 40), 128, np.uint8)).save(image)
@@ -156,6 +159,7 @@ def test_imagenet_class_names_are_tfds_label_order_with_wordnet_lemmas():
     assert model_inputs.readable("n01440764") == "tench" and model_inputs.readable("Trouser") == "Trouser"
 
 
+@pytest.mark.slow
 def test_predict_and_evaluate_use_the_transform_and_names_the_checkpoint_records(data_dir, tmp_path):
     data = v3.get_config("fashion_mnist").data
     data.update(data_dir=data_dir, image_size=36)

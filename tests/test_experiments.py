@@ -355,6 +355,7 @@ def suite(tmp_path_factory):
     return root, out, teacher, first, second, side
 
 
+@pytest.mark.slow
 def test_rerunning_the_driver_skips_finished_runs(suite):
     root, _, _, first, second, _ = suite
     assert first == second

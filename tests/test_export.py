@@ -61,6 +61,7 @@ def export(directory, fmt, *extra, size=SIZE):
     )
 
 
+@pytest.mark.slow
 def test_onnx_matches_timm_at_batch_1_and_3(converted):
     directory, images, expected = converted
     session = onnxruntime.InferenceSession(export(directory, "onnx"), providers=["CPUExecutionProvider"])
@@ -69,6 +70,7 @@ def test_onnx_matches_timm_at_batch_1_and_3(converted):
         assert_close_to_timm(session.run(None, {"images": images[:batch]})[0], expected[:batch])
 
 
+@pytest.mark.slow
 def test_litert_matches_timm_with_builtin_float32_ops(converted):
     directory, images, expected = converted
     interpreter = Interpreter(model_path=export(directory, "tflite"))
@@ -134,6 +136,7 @@ def probe(data_dir, tmp_path_factory):
     return directory, test_images, test_labels, (features(test_images) @ kernel + bias).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_stablehlo_round_trips_with_a_symbolic_batch(probe):
     directory, images, _, logits = probe
     with open(export(directory, "stablehlo", size=PROBE["size"]), "rb") as file:
@@ -172,6 +175,7 @@ def assert_int8_keeps_float_top1(int8_logits, probe):
     assert np.mean(int8_logits.argmax(1) == float_logits.argmax(1)) >= 0.9
 
 
+@pytest.mark.slow
 def test_int8_onnx_keeps_float_top1(probe, data_dir):
     path = export_int8(probe, data_dir, "onnx")
     model = onnx.load(path)
@@ -182,6 +186,7 @@ def test_int8_onnx_keeps_float_top1(probe, data_dir):
     assert_int8_keeps_float_top1(session.run(None, {"images": probe[1]})[0], probe)
 
 
+@pytest.mark.slow
 def test_int8_litert_keeps_float_top1(probe, data_dir):
     interpreter = Interpreter(model_path=export_int8(probe, data_dir, "tflite"))
     interpreter.allocate_tensors()
@@ -223,6 +228,7 @@ def test_missing_checkpoint_and_output_directory_are_named(tmp_path, capsys):
     assert sorted(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_existing_output_is_kept_unless_forced_and_failures_leave_nothing(probe, capsys):
     directory = probe[0]
     output = directory / "kept.stablehlo"
@@ -239,6 +245,7 @@ def test_existing_output_is_kept_unless_forced_and_failures_leave_nothing(probe,
     assert jax.export.deserialize(bytearray(output.read_bytes())).in_avals[0].shape[1:] == (64, 64, 1)
 
 
+@pytest.mark.slow
 def test_deploy_accuracy_counts_top1_of_each_export_against_the_float_model(probe, data_dir, tmp_path):
     directory, _, labels, logits = probe
     rows = deploy_accuracy.main(

@@ -31,6 +31,7 @@ def reference(timm, name, out_indices, seed=0):
 
 
 @pytest.mark.parametrize("name, out_indices, deployed", CASES)
+@pytest.mark.slow
 def test_features_equal_timms_at_an_odd_size(timm, name, out_indices, deployed):
     torch_model = reference(timm, name, out_indices)
     if deployed:
@@ -69,6 +70,7 @@ def test_a_whole_networks_weights_give_the_same_backbone(timm):
     np.testing.assert_allclose(np.asarray(actual), expected, rtol=0, atol=1e-4 * max(1.0, np.abs(expected).max()))
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_maps_and_gradients_and_bfloat16_stays_close():
     x = jax.random.normal(jax.random.key(0), (2, 48, 40, 3))
 
@@ -116,6 +118,7 @@ def test_bad_feature_requests_are_clear_errors(kwargs, message):
         create_model("ghostnet_050", **kwargs)
 
 
+@pytest.mark.slow
 def test_teachers_have_no_features_only_and_the_folded_stem_tap_is_refused():
     with pytest.raises(ValueError, match="features_only/out_indices are for GhostNets; resnet18 is a teacher"):
         create_model("resnet18", features_only=True)

@@ -51,6 +51,7 @@ def flat(state) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_a_frozen_backbone_stays_bit_for_bit_and_a_resumed_fine_tuning_is_the_uninterrupted_one(
     data_dir, tmp_path, caplog
 ):
@@ -58,23 +59,23 @@ def test_a_frozen_backbone_stays_bit_for_bit_and_a_resumed_fine_tuning_is_the_un
 
     def config(max_steps):
         c = tiny_config(data_dir, max_steps=max_steps, init_from=str(tmp_path / "pretrained"))
-        c.finetune.update(freeze_steps=4, backbone_lr_scale=0.5)
+        c.finetune.update(freeze_steps=2, backbone_lr_scale=0.5)
         return c
 
     with caplog.at_level(logging.WARNING):
-        train_and_evaluate(config(4), tmp_path / "resumed")  # frozen for all of its 4 steps, then "killed"
+        train_and_evaluate(config(2), tmp_path / "resumed")  # frozen for both of its steps, then "killed"
     assert "the classifier layer is re-initialised (1000 classes there, 10 here)" in caplog.text
     step, state = final_train_state(tmp_path / "resumed")
     params, stats = flat(state["params"]), flat(state["batch_stats"])
-    assert step == 4 and {path[0] for path in params.keys() - pretrained.keys()} == set()
+    assert step == 2 and {path[0] for path in params.keys() - pretrained.keys()} == set()
     for path, value in (params | stats).items():
         if path[0] == "classifier":
             assert value.shape[-1] == 10
         else:
             np.testing.assert_array_equal(value, pretrained[path], err_msg=str(path))
 
-    train_and_evaluate(config(8), tmp_path / "resumed")  # steps 5-8 train the backbone too
-    train_and_evaluate(config(8), tmp_path / "straight")
+    train_and_evaluate(config(4), tmp_path / "resumed")  # steps 3-4 train the backbone too
+    train_and_evaluate(config(4), tmp_path / "straight")
     resumed, straight = final_train_state(tmp_path / "resumed")[1], final_train_state(tmp_path / "straight")[1]
     assert_trees_equal(resumed, straight)
     moved = [
@@ -153,6 +154,7 @@ def colour_folder(root, per_class: dict[str, int], seed: int = 0) -> None:
                 (root / split / name / f"{i}.{'png' if i % 2 else 'jpg'}").write_bytes(encode(pixels).numpy())
 
 
+@pytest.mark.slow
 def test_converted_weights_fine_tuned_on_an_image_folder_learn_it_and_the_tools_need_no_flags(timm, tmp_path):
     colour_folder(tmp_path / "photos", {"train": 24, "test": 8})
     torch.manual_seed(0)

@@ -131,6 +131,7 @@ def state_at(workdir: Path, step: int, copy: Path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_with_two_devices_and_their_checkpoint_resumes_in_one(
     reference, data_dir, tmp_path, processes
 ):
@@ -146,6 +147,7 @@ def test_two_processes_equal_one_with_two_devices_and_their_checkpoint_resumes_i
     assert_trees_equal(final_train_state(workdir), final_train_state(reference))
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_after_resuming_a_one_process_checkpoint(
     reference, data_dir, tmp_path, processes
 ):
@@ -168,6 +170,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_after_resuming_a
     assert_trees_equal(final_train_state(workdir), final_train_state(reference))
 
 
+@pytest.mark.slow
 def test_a_resume_on_another_number_of_devices_is_the_same_run_statistically_not_bitwise(
     reference, data_dir, tmp_path, processes
 ):
@@ -198,6 +201,7 @@ def handles_sigterm(pid: int) -> bool:
     return bool(int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
 
 
+@pytest.mark.slow
 def test_sigterm_during_start_up_exits_with_the_preemption_code_within_seconds(data_dir, tmp_path, processes):
     """Notices at several moments of start-up (imports, the dataset, the model; the first step is >10 s in): a
     handler that raised instead of exiting lost 3 of 13 such notices here to garbage-collection callbacks."""
@@ -217,6 +221,7 @@ def test_sigterm_during_start_up_exits_with_the_preemption_code_within_seconds(d
         assert "before the training loop started" in group.output() and "step 1/" not in group.output()
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_moment_loses_nothing_but_time(reference, data_dir, tmp_path, processes):
     rng = random.Random(4)  # seeded: a failure reproduces
     workdir = tmp_path / "killed"
@@ -231,6 +236,7 @@ def test_sigkill_at_a_random_moment_loses_nothing_but_time(reference, data_dir, 
     assert_trees_equal(final_train_state(workdir), final_train_state(reference))
 
 
+@pytest.mark.slow
 def test_a_process_that_dies_ends_the_other_promptly_with_a_non_zero_code(data_dir, tmp_path, processes):
     """The survivor's next collective fails; it must exit at once, not wait minutes in jax.distributed's shutdown."""
     group = processes(run_config(data_dir), tmp_path / "peer_lost", 2)
@@ -249,6 +255,7 @@ def readme_two_process_command() -> str:
     return blocks[0]
 
 
+@pytest.mark.slow
 def test_the_readmes_two_process_command_runs_as_written(data_dir, tmp_path):
     """Verbatim but for the step count and the splits' sizes (held in memory and evaluated twice, the whole splits
     took most of this test's time), from a directory of its own, with the user's environment (not the tests' XLA

@@ -62,6 +62,7 @@ def test_bfloat16_keeps_parameters_and_logits_float32_and_computes_in_bfloat16()
         ("beitv2_base_patch16_224", "head", {"img_size": 48}),
     ],
 )
+@pytest.mark.slow
 def test_under_bfloat16_the_classifier_computes_in_float32(name, head, overrides):
     """The logits are the float32 product of the (bfloat16) features with the float32 head, not that product
     rounded to bfloat16 (steps of 1/16 near 10)."""
@@ -90,6 +91,7 @@ def test_under_bfloat16_the_classifier_computes_in_float32(name, head, overrides
         ("ghostnetv3_050", {}, True),
     ],
 )
+@pytest.mark.slow
 def test_bfloat16_logits_are_close_to_float32_on_the_same_weights(name, overrides, fused):
     model = create_model(name, num_classes=100, **overrides)
     randomise_jax_batchnorm(model)
@@ -140,6 +142,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
+@pytest.mark.slow
 def test_bfloat16_train_step_gradients_are_as_close_to_float32_as_timm_amp(timm):
     """One train-mode step from the same random weights on the same batch; timm's CPU AMP (bfloat16 autocast)
     against its float32 is the reference for how far bfloat16 gradients drift at initialisation."""
@@ -166,6 +169,7 @@ def test_bfloat16_train_step_gradients_are_as_close_to_float32_as_timm_amp(timm)
     assert ours > 0.8 and abs(float(loss16) - float(loss32)) < 0.02 * float(loss32)
 
 
+@pytest.mark.slow
 def test_remat_recomputes_and_gives_the_same_loss_gradients_and_statistics():
     model = create_model("ghostnetv2_100", width=0.5, num_classes=10, dropout=0.0)
     images = jnp.asarray(np.random.default_rng(1).normal(size=(8, 48, 48, 3)), jnp.float32)
@@ -181,6 +185,7 @@ def test_remat_recomputes_and_gives_the_same_loss_gradients_and_statistics():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(jnp.abs(b).max())))
 
 
+@pytest.mark.slow
 def test_a_bfloat16_checkpoint_restores_into_a_float32_model_and_back(tmp_path):
     model = create_model("ghostnetv3_050", num_classes=10, dtype="bfloat16")
     randomise_jax_batchnorm(model)

@@ -70,6 +70,7 @@ def test_converted_resnet18_reproduces_timm_at_224(pair_of):
     assert_close_to_timm(jit_forward(model, images), timm_logits(reference, images))
 
 
+@pytest.mark.slow
 def test_resnets_are_listed_with_the_teachers_and_build_headless():
     assert set(VARIANTS) <= set(list_models(teachers=True)) and not set(VARIANTS) & set(list_models())
     features = create_model("resnet50", num_classes=0, in_chans=1)
@@ -102,6 +103,7 @@ def test_bfloat16_resnet_keeps_float32_parameters_and_logits_close_to_float32(pa
     np.testing.assert_allclose(approximate, exact, atol=0.05 * float(jnp.abs(exact).max()))
 
 
+@pytest.mark.slow
 def test_a_converted_resnet_teaches_a_ghostnet_through_main(timm, data_dir, tmp_path):
     reference = randomised(timm.create_model("resnet18", num_classes=10, in_chans=1))
     teacher, spec = convert_state_dict("resnet18", reference.state_dict(), in_chans=1)

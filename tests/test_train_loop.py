@@ -54,6 +54,7 @@ def assert_trees_equal(a, b):
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_is_bit_identical_and_skips_corrupt_checkpoints(data_dir, tmp_path, caplog):
     train_and_evaluate(tiny_config(data_dir, max_steps=4), tmp_path / "straight")
     train_and_evaluate(tiny_config(data_dir, max_steps=2), tmp_path / "resumed")  # "killed" after step 2
@@ -76,6 +77,7 @@ def test_resume_after_interruption_is_bit_identical_and_skips_corrupt_checkpoint
     assert spec["name"] == "ghostnet_050" and spec["overrides"]["in_chans"] == 1
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_the_run_and_is_never_checkpointed(data_dir, tmp_path):
     config = tiny_config(data_dir, max_steps=8, checkpoint_every_steps=1)
     config.optim.update(lr=1e12, warmup_epochs=0.0)
@@ -88,6 +90,7 @@ def test_non_finite_loss_stops_the_run_and_is_never_checkpointed(data_dir, tmp_p
             assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state["train_state"]["params"]))
 
 
+@pytest.mark.slow
 def test_asynchronous_saves_at_every_step_end_identical_to_synchronous_ones(data_dir, tmp_path):
     """The state is donated to the next step while an asynchronous save may still be writing it."""
     for asynchronous in (False, True):
@@ -140,6 +143,7 @@ def test_invalid_config_and_missing_teacher_fail_before_training(data_dir, tmp_p
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_the_offline_resnet_teacher_preset_trains_and_its_run_loads_as_a_teacher(data_dir, tmp_path):
     config = resnet.get_config("fashion_mnist")
     assert config.model.name == "resnet18"
@@ -186,6 +190,7 @@ print("EMA_TOP1", metrics["ema_top1"], "EMA_LOSS", metrics["ema_loss"])
 """
 
 
+@pytest.mark.slow
 def test_imagenet_v3_config_runs_two_distillation_steps_on_mock_data(tmp_path):
     # In its own process: compiling V3 1.0x with its teacher late in a long pytest process has crashed XLA's
     # compiler (twice, never alone); a fresh process is also what `python -m ghostnet_jax.main` gives.

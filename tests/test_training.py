@@ -147,6 +147,7 @@ def run_one_step(devices, images, labels, config):
     return p_step(state, rest, teacher_variables, batch)
 
 
+@pytest.mark.slow
 def test_pmapped_step_on_two_devices_equals_one_device_on_the_global_batch():
     assert jax.local_device_count() == 2, "tests/conftest.py forces 2 host devices"
     rng = np.random.default_rng(4)
