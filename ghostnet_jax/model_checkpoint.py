@@ -47,7 +47,7 @@ def build_model(spec: dict[str, Any], *, dtype: str | None = None) -> GhostNet:
 
 def model_variables(model: nnx.Module) -> dict:
     """Parameters and BatchNorm statistics as a plain nested dict (what the `model` item stores)."""
-    return nnx.state(model, (nnx.Param, nnx.BatchStat)).to_pure_dict()
+    return nnx.to_pure_dict(nnx.state(model, (nnx.Param, nnx.BatchStat)))
 
 
 def save_model(directory: str | os.PathLike, model: nnx.Module, spec: dict[str, Any], *, step: int = 0) -> epath.Path:
@@ -84,7 +84,7 @@ def load_model(
         )
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(
-            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), weights.to_pure_dict()
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), nnx.to_pure_dict(weights)
         )
         problems = _shape_problems(array_shapes(abstract), array_shapes(manager.item_metadata(step)[MODEL_ITEM]))
         if problems:  # checked before restoring: a failed Orbax restore left a callback for a closed event loop

@@ -44,7 +44,7 @@ def saved(directory, name, num_classes, in_chans, seed=7, fused=False):
 def flat(state) -> dict:
     """{('blocks', '0', '0', ...): array} for a model's state and a restored train state alike (whose leaves are
     the variables' `value`s)."""
-    tree = jax.device_get(state.to_pure_dict() if hasattr(state, "to_pure_dict") else state)
+    tree = jax.device_get(nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state)
     return {
         tuple(str(part) for part in path if part != "value"): leaf
         for path, leaf in traverse_util.flatten_dict(tree).items()

@@ -43,8 +43,8 @@ def init_from(model: nnx.Module, directory: str, described: str) -> None:
             "branches fused), which cannot be trained: convert the training-form weights instead"
         )
     state = nnx.state(model, (nnx.Param, nnx.BatchStat))
-    ours = traverse_util.flatten_dict(state.to_pure_dict())
-    theirs = traverse_util.flatten_dict(nnx.state(source, (nnx.Param, nnx.BatchStat)).to_pure_dict())
+    ours = traverse_util.flatten_dict(nnx.to_pure_dict(state))
+    theirs = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(source, (nnx.Param, nnx.BatchStat))))
     stem = theirs[STEM_KERNEL]
     if ours[STEM_KERNEL].shape[2] == 1 and stem.shape[2] == 3:
         logging.warning(
