@@ -659,16 +659,24 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def comma_list(text: str) -> list[str]:
+    return text.split(",")
+
+
+def comma_ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--suites",
         default="train,infer,latency,pipeline",
-        type=lambda s: s.split(","),
+        type=comma_list,
         help="any of train,infer,latency,pipeline,teacher,deploy,tpu (tpu: experiments/tpu_aot.py)",
     )
-    parser.add_argument("--models", default=",".join(TRAIN_MODELS), type=lambda s: s.split(","))
-    parser.add_argument("--train-sizes", default=f"224,{OFFLINE_SIZE}", type=lambda s: [int(v) for v in s.split(",")])
+    parser.add_argument("--models", default=",".join(TRAIN_MODELS), type=comma_list)
+    parser.add_argument("--train-sizes", default=f"224,{OFFLINE_SIZE}", type=comma_ints)
     parser.add_argument("--infer-size", type=int, default=224)
     parser.add_argument(
         "--teachers",
@@ -687,31 +695,31 @@ def main() -> None:
     parser.add_argument(
         "--dtypes",
         default="float32",
-        type=lambda s: s.split(","),
+        type=comma_list,
         help="compute dtypes, e.g. float32,bfloat16 (timm: autocast to bfloat16, i.e. AMP)",
     )
     parser.add_argument(
         "--remat",
         default="none",
-        type=lambda s: s.split(","),
+        type=comma_list,
         help="ours: 'none', 'block' or 'none,block' (train rows; timm has no remat)",
     )
     parser.add_argument(
         "--deploy-runtimes",
         default=",".join(RUNTIMES),
-        type=lambda s: s.split(","),
+        type=comma_list,
         help="deploy suite: runtimes to time (see experiments/deploy_bench.py)",
     )
     parser.add_argument(
         "--deploy-threads",
         default="1,2",
-        type=lambda s: [int(v) for v in s.split(",")],
+        type=comma_ints,
         help="deploy suite: thread counts (each run pinned to that many CPUs)",
     )
     parser.add_argument(
         "--topologies",
         default="v5e-8,v4-8,v5p-8,v6e-8",
-        type=lambda s: s.split(","),
+        type=comma_list,
         help="tpu suite: Cloud TPU accelerator types to compile for",
     )
     parser.add_argument("--tpu-per-chip", type=int, default=128, help="tpu suite: images per chip")

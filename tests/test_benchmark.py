@@ -10,35 +10,15 @@ from flax import nnx
 
 from experiments import benchmark
 
+# ghostnet_050, batch 2, two timed repeats and no warm-up: the smallest measurement that still runs every path.
+QUICK = ["--models", "ghostnet_050", "--batch", "2", "--repeats", "2", "--warmup", "0"]
+
 
 @pytest.mark.slow
 def test_benchmark_runs_both_sides_and_tabulates_the_measured_ratios(tmp_path, monkeypatch):
     out = tmp_path / "bench"
-    argv = [
-        "benchmark",
-        "--suites",
-        "train,latency,deploy",
-        "--models",
-        "ghostnet_050",
-        "--train-sizes",
-        "32",
-        "--infer-size",
-        "32",
-        "--batch",
-        "2",
-        "--repeats",
-        "2",
-        "--warmup",
-        "0",
-        "--remat",
-        "none,block",
-        "--deploy-runtimes",
-        "onnx,timm_onnx",
-        "--deploy-threads",
-        "1",
-        "--out",
-        str(out),
-    ]
+    argv = ["benchmark", "--suites", "train,latency,deploy", *QUICK, "--train-sizes", "32", "--infer-size", "32"]
+    argv += ["--remat", "none,block", "--deploy-runtimes", "onnx,timm_onnx", "--deploy-threads", "1", "--out", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
     benchmark.main()
     rows = {row["label"]: row for row in json.loads(out.with_suffix(".json").read_text())}
@@ -114,25 +94,8 @@ def test_profile_attributes_traced_time_to_the_compiled_instructions(tmp_path):
 @pytest.mark.slow
 def test_teacher_suite_times_the_student_alone_and_with_each_teacher(tmp_path, monkeypatch):
     out = tmp_path / "teacher"
-    argv = [
-        "benchmark",
-        "--suites",
-        "teacher",
-        "--models",
-        "ghostnet_050",
-        "--teachers",
-        "resnet18",
-        "--teacher-image-size",
-        "32",
-        "--batch",
-        "2",
-        "--repeats",
-        "2",
-        "--warmup",
-        "0",
-        "--out",
-        str(out),
-    ]
+    argv = ["benchmark", "--suites", "teacher", *QUICK, "--teachers", "resnet18", "--teacher-image-size", "32"]
+    argv += ["--out", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
     benchmark.main()
     rows = {row["label"]: row for row in json.loads(out.with_suffix(".json").read_text())}
